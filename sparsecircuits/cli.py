@@ -1,0 +1,155 @@
+"""`sparsecircuits <command>`: the command line. It owns all output (rich) and all file choices.
+
+Flags of `train` are generated from the config dataclasses (`ModelConfig`, `TrainConfig`,
+`DataConfig`): every field is a kebab-case flag with its help text and default, booleans are
+negatable (`--bigram-table / --no-bigram-table`), tuples take several values. A `--preset` sets
+defaults; explicit flags override it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from sparsecircuits.presets import PRESETS, get_preset
+
+console = Console()
+
+# ModelConfig fields that are not flags: the vocabulary comes from the tokenizer (--vocab-size).
+HIDDEN_FIELDS = {"d_vocab"}
+
+
+def default_cache_dir() -> Path:
+    """Cache for tokenizers and token files: $SPARSECIRCUITS_CACHE or ~/.cache/sparsecircuits."""
+    env = os.environ.get("SPARSECIRCUITS_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "sparsecircuits"
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
+    """One flag per dataclass field; defaults are SUPPRESSed so we can tell what the user set."""
+    group = parser.add_argument_group(title)
+    for f in dataclasses.fields(cls):
+        if f.name in HIDDEN_FIELDS:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        help_text = f"{f.metadata.get('help', '')} (default: {_show(default)})"
+        kind = str(f.type)
+        kw: dict[str, Any] = dict(dest=f"{cls.__name__}.{f.name}", default=argparse.SUPPRESS, help=help_text)
+        if kind == "bool":
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **kw)
+        elif kind.startswith("tuple"):
+            group.add_argument(flag, nargs="*", metavar="VALUE", **kw)
+        else:
+            group.add_argument(flag, type={"int": int, "float": float}.get(kind, str), **kw)
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, tuple):
+        return " ".join(map(str, value)) or "none"
+    return str(value)
+
+
+def collect(args: argparse.Namespace, cls: type, preset: dict[str, Any]) -> Any:
+    """Build a config: dataclass defaults < preset < explicit flags."""
+    values = dict(preset)
+    prefix = cls.__name__ + "."
+    for key, value in vars(args).items():
+        if key.startswith(prefix):
+            values[key[len(prefix) :]] = tuple(value) if isinstance(value, list) else value
+    return cls(**values)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from sparsecircuits.data.corpus import DataConfig
+    from sparsecircuits.model.config import ModelConfig
+    from sparsecircuits.train import TrainConfig
+
+    parser = argparse.ArgumentParser(prog="sparsecircuits", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train a weight-sparse transformer (or its dense twin) on code",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    presets_help = "; ".join(f"{n}: {pr.summary}" for n, pr in PRESETS.items())
+    p.add_argument("--preset", choices=list(PRESETS), default="tiny", help=f"size preset ({presets_help})")
+    p.add_argument("--out", type=Path, default=None, help="run folder (default: runs/<preset>[-dense])")
+    p.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
+                   help="continue from the newest checkpoint in --out")
+    p.add_argument("--cache-dir", type=Path, default=None, help="tokenizer/token cache (default: $SPARSECIRCUITS_CACHE or ~/.cache/sparsecircuits)")
+    add_config_flags(p, ModelConfig, "model")
+    add_config_flags(p, TrainConfig, "training")
+    add_config_flags(p, DataConfig, "data")
+    i = sub.add_parser("info", help="show a checkpoint: config, per-matrix L0, validation loss")
+    i.add_argument("checkpoint", type=Path, help="checkpoint folder or run folder (its newest checkpoint)")
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from sparsecircuits.console import TrainProgress
+    from sparsecircuits.data.corpus import DataConfig
+    from sparsecircuits.model.config import ModelConfig
+    from sparsecircuits.run import RunSpec, train_run
+    from sparsecircuits.train import TrainConfig
+
+    preset = get_preset(args.preset)
+    data = collect(args, DataConfig, {})
+    model = collect(args, ModelConfig, {**preset.model, "d_vocab": data.vocab_size})
+    train = collect(args, TrainConfig, preset.train)
+    out = args.out or Path("runs") / (args.preset + ("-dense" if train.dense else ""))
+    spec = RunSpec(model, train, data)
+    kind = "dense twin" if train.dense else "weight-sparse model"
+    console.print(f"[bold]Training a {kind}[/] ({args.preset}: {model.n_layers} layers, d_model {model.d_model}, "
+                  f"{train.steps} steps of {train.batch_size}x{model.n_ctx} tokens) -> {out}")
+    t0 = time.perf_counter()
+    with TrainProgress(console) as progress:
+        result = train_run(spec, out, args.cache_dir or default_cache_dir(), resume=args.resume,
+                           on_step=progress.on_step, on_data=progress.on_data)
+    table = Table(title=f"{kind} trained in {time.perf_counter() - t0:.0f} s")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    table.add_row("steps", str(result.step))
+    table.add_row("train loss (last step)", f"{result.train_loss:.3f}" if result.train_loss is not None else "-")
+    table.add_row("validation loss", f"{result.val_loss:.3f}" if result.val_loss is not None else "-")
+    table.add_row("bigram-only baseline (val)", f"{result.bigram_baseline:.3f}")
+    table.add_row("checkpoint", str(result.checkpoint))
+    console.print(table)
+    return 0
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from sparsecircuits.console import info_table
+    from sparsecircuits.info import checkpoint_info
+
+    for table in info_table(checkpoint_info(args.checkpoint)):
+        console.print(table)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "info": cmd_info}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sparsecircuits.checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (CheckpointError, ValueError, FileNotFoundError) as e:
+        if os.environ.get("SPARSECIRCUITS_DEBUG"):
+            raise
+        console.print(f"[bold red]error:[/] {e}")
+        return 2
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted[/]: the newest checkpoint is intact; rerun with --resume to continue")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
