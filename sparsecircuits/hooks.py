@@ -17,13 +17,13 @@ import difflib
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from torch import Tensor, nn
 
 HookFn = Callable[[Tensor, "HookPoint"], Tensor | None]
 # A hook target: one exact name, or a predicate over names (applied to every hook point).
-HookTarget = Union[str, Callable[[str], bool]]
+HookTarget = str | Callable[[str], bool]
 
 
 class HookPoint(nn.Module):
@@ -100,7 +100,7 @@ class HookedModule(nn.Module):
 
     @property
     def hook_points(self) -> dict[str, HookPoint]:
-        """All hook points by name, in forward order of module registration."""
+        """All hook points by name, in module registration order."""
         return self._hook_points
 
     def resolve_hook_names(self, target: HookTarget) -> list[str]:

@@ -18,7 +18,7 @@ def tiny_model(seed: int = 0, **overrides) -> Transformer:
     torch.manual_seed(seed)
     model = Transformer(ModelConfig(**{**TINY, **overrides}))
     with torch.no_grad():  # non-trivial biases, gains and sinks so tests exercise them
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.dim() == 1:
                 p.add_(0.1 * torch.randn_like(p))
     return model

@@ -245,7 +245,9 @@ class Transformer(HookedModule):
 
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
         self._check_tokens(tokens)
-        resid = self.hook_embed(self.W_E[tokens])
+        # F.embedding, not W[tokens]: its CPU backward is deterministic (index_put_ accumulate is not),
+        # which exact resume relies on, and faster.
+        resid = self.hook_embed(F.embedding(tokens, self.W_E))
         if self.cfg.positions == "learned":
             resid = resid + self.hook_pos_embed(self.W_pos[: tokens.shape[1]])
         for block in self.blocks:
@@ -253,7 +255,7 @@ class Transformer(HookedModule):
         W_U = self.W_E if self.W_U is None else self.W_U
         logits = F.linear(self.ln_final(resid), W_U, self.b_U)
         if self.W_bigram is not None:
-            logits = logits + self.W_bigram[tokens]
+            logits = logits + F.embedding(tokens, self.W_bigram)
         return logits
 
     def _check_tokens(self, tokens: Tensor) -> None:
