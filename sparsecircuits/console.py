@@ -16,6 +16,7 @@ class TrainProgress:
     """Rich progress for `train_run`: a bar for data preparation, then one for the steps."""
 
     def __init__(self, console: Console) -> None:
+        self.console = console
         self.progress = Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -50,6 +51,9 @@ class TrainProgress:
         val = f" val {self.val:.3f}" if self.val is not None else ""
         stats = f"loss {r.loss:.3f}{val}  L0 {r.kept_hidden:.3f}  {r.tokens_per_s:,.0f} tok/s"
         self.progress.update(self.train_task, completed=r.step, stats=stats)
+        if not self.console.is_terminal and (r.val_loss is not None or r.step == r.total):
+            # Logs (CI, nohup) get no live bar: write a plain line at every validation instead.
+            self.console.print(f"step {r.step}/{r.total}  {stats}")
 
 
 def info_table(info: CheckpointInfo) -> list[Table]:

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from conftest import tiny_model, tokens
 
 

@@ -2,8 +2,8 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_model, tokens
 
+from conftest import tiny_model, tokens
 from sparsecircuits.model import ModelConfig, Transformer
 from sparsecircuits.sparsity import topk_count
 
