@@ -124,8 +124,12 @@ def list_steps(run_dir: Path) -> list[Path]:
 
 
 def prune_steps(run_dir: Path, keep: int) -> None:
-    """Delete all but the newest `keep` checkpoints of a run."""
+    """Delete all but the newest `keep` checkpoints of a run, and temporary folders a kill left behind."""
     for p in list_steps(run_dir)[:-keep] if keep > 0 else []:
+        shutil.rmtree(p, ignore_errors=True)
+    folder = Path(run_dir) / "checkpoints"
+    # Called between saves by the one writing process, so no temporary folder is in use.
+    for p in folder.glob(f".{STEP_PREFIX}*") if folder.is_dir() else []:
         shutil.rmtree(p, ignore_errors=True)
 
 

@@ -6,10 +6,19 @@ Three pure pieces, used by the model and the training loop:
 * `abs_topk(x, frac)` — activation sparsity: per token keep the `k = round(frac * d)` entries of
   largest magnitude along the last dimension, zero the rest. Gradients flow through kept entries.
 * `topk_mask(w, k, min_per_neuron, neuron_dim)` / `project_(w, ...)` — weight sparsity: keep exactly
-  `k` entries of a matrix by |w|, after first forcing in the `j` largest entries of every neuron
-  (every slice along `neuron_dim`), so no neuron is left with fewer than `j` connections. Steps:
-  1. scores = |w|; 2. the top-j indices of each neuron get score +inf; 3. one global top-k over the
-  flattened scores. Exactly k entries are selected (ties broken by topk), all forced ones included.
+  `k` entries of a matrix by |w|: the `j` largest of every neuron (every slice along `neuron_dim`), so
+  no neuron is left with fewer than `j` connections, plus the largest of the remaining entries.
+  Ties are broken arbitrarily (deterministically); the count is always exactly k. Steps:
+  1. (CPU) one global top-k of |w|; if it already gives every neuron >= j entries it *is* the answer
+     (each neuron's kept entries include its top-j, and the rest are the largest remaining) — the
+     usual case, so the per-neuron top-j pass is skipped;
+  2. otherwise force each neuron's top-j in (their scores drop below every |w|) and add the global
+     top-(k - n_neurons * j) of the rest.
+  A global top-k over a flattened matrix runs on one CPU core and costs O(numel) with a large
+  constant, so on CPU it first narrows the candidates: a threshold is read off a strided sample of
+  ~4096 scores with a safety margin, only entries above it go into `topk`, and if fewer than k pass
+  (a bad sample) it falls back to the full `topk` — exact either way. On GPU `topk` is already a fast
+  radix select and the shortcuts would add host syncs, so there it is the plain steps 2 without 1.
 * `kept_fraction(step, total, target, start, end)` — the L0 schedule: fully dense until
   `start * total`, then linear to `target` at `end * total` (defaults 1% and 50% of training).
 
@@ -58,7 +67,7 @@ def target_nonzeros(shape: tuple[int, ...], frac: float, min_per_neuron: int, ne
 
 
 def topk_mask(w: Float[Tensor, "rows cols"], k: int, min_per_neuron: int, neuron_dim: int) -> Tensor:
-    """Boolean mask selecting exactly k entries: each neuron's top-j by |w|, then the global top-k."""
+    """Boolean mask selecting exactly k entries: each neuron's top-j by |w|, then the largest others."""
     if w.dim() != 2:
         raise ValueError(f"weight sparsity applies to 2-D matrices, got shape {tuple(w.shape)}")
     numel = w.numel()
@@ -69,17 +78,60 @@ def topk_mask(w: Float[Tensor, "rows cols"], k: int, min_per_neuron: int, neuron
         raise ValueError(
             f"k={k} is below the per-neuron minimum: {w.shape[neuron_dim]} neurons x {min_per_neuron} = {need}"
         )
-    scores = w.detach().abs().float()
-    if min_per_neuron > 0:
-        j = min(min_per_neuron, w.shape[1 - neuron_dim])
-        forced = scores.topk(j, dim=1 - neuron_dim, sorted=False).indices
-        scores = scores.scatter(1 - neuron_dim, forced, float("inf"))
     if k == numel:
         return torch.ones_like(w, dtype=torch.bool)
-    idx = scores.flatten().topk(k, sorted=False).indices
-    mask = torch.zeros(numel, dtype=torch.bool, device=w.device)
-    mask[idx] = True
-    return mask.view_as(w)
+    fan_dim = 1 - neuron_dim
+    j = min(min_per_neuron, w.shape[fan_dim])
+    on_cpu = w.device.type == "cpu"
+    # A fresh contiguous row-major copy: flat index i is entry (i // cols, i % cols), and the
+    # in-place scatter below cannot touch w.
+    scores_RC = w.detach().float().abs().contiguous()
+    mask_RC = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
+    if on_cpu:  # step 1: a plain top-k, kept if no neuron is starved
+        idx = _largest(scores_RC, k, reduce=True)
+        if j == 0 or int(_neuron_counts(idx, w.shape, neuron_dim).min()) >= j:
+            mask_RC.view(-1)[idx] = True
+            return mask_RC
+    forced = scores_RC.topk(j, dim=fan_dim, sorted=False).indices  # step 2
+    mask_RC.scatter_(fan_dim, forced, True)
+    scores_RC.scatter_(fan_dim, forced, -1.0)  # below every |w|: never picked again
+    rest = k - w.shape[neuron_dim] * j
+    if rest > 0:
+        mask_RC.view(-1)[_largest(scores_RC, rest, reduce=on_cpu)] = True
+    return mask_RC
+
+
+# Size of the strided sample that sets the candidate threshold in `_largest`.
+_SAMPLE = 4096
+
+
+def _largest(scores_RC: Tensor, r: int, reduce: bool) -> Tensor:
+    """Flat indices of the r largest scores (ties arbitrary); `reduce` narrows candidates first."""
+    flat = scores_RC.view(-1)
+    n = flat.numel()
+    # Only worth it when the sample is small next to the matrix and few entries are kept (below a
+    # quarter, the candidates are at most ~half the matrix; above it plain topk is as fast).
+    if reduce and n > 4 * _SAMPLE and 4 * r < n:
+        stride = n // _SAMPLE
+        while math.gcd(stride, scores_RC.shape[1]) > 1:  # walk across columns, not down a few of them
+            stride += 1
+        sample = flat[::stride]
+        m = sample.numel()
+        # Expected sample count above the true threshold is p*m; go ~4 binomial std lower.
+        p = r / n
+        rank = min(m, int(p * m + 4 * math.sqrt(p * m) + 16))
+        lo = sample.kthvalue(m - rank + 1).values  # the rank-th largest of the sample
+        cand = (flat >= lo).nonzero().squeeze(1)
+        # Every entry >= lo is a candidate, so if there are >= r of them they hold the r largest.
+        if cand.numel() >= r:
+            return cand[flat[cand].topk(r, sorted=False).indices]
+    return flat.topk(r, sorted=False).indices
+
+
+def _neuron_counts(idx: Tensor, shape: torch.Size, neuron_dim: int) -> Tensor:
+    """Selected entries per neuron, from flat row-major indices."""
+    neuron = idx // shape[1] if neuron_dim == 0 else idx % shape[1]
+    return torch.bincount(neuron, minlength=shape[neuron_dim])
 
 
 @torch.no_grad()

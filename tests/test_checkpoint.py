@@ -79,3 +79,4 @@ def test_run_folder_resolves_to_newest_complete_step(tmp_path):
     assert load_checkpoint(tmp_path).meta["step"] == 20
     ckpt.prune_steps(tmp_path, keep=1)
     assert [p.name for p in ckpt.list_steps(tmp_path)] == ["step-0000020"]
+    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000020"]
