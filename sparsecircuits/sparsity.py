@@ -10,15 +10,16 @@ Three pure pieces, used by the model and the training loop:
   no neuron is left with fewer than `j` connections, plus the largest of the remaining entries.
   Ties are broken arbitrarily (deterministically); the count is always exactly k. Steps:
   1. (CPU) one global top-k of |w|; if it already gives every neuron >= j entries it *is* the answer
-     (each neuron's kept entries include its top-j, and the rest are the largest remaining) — the
-     usual case, so the per-neuron top-j pass is skipped;
+     (each neuron's kept entries include its top-j, and the rest are the largest remaining), and
+     the per-neuron top-j pass is skipped;
   2. otherwise force each neuron's top-j in (their scores drop below every |w|) and add the global
      top-(k - n_neurons * j) of the rest.
-  A global top-k over a flattened matrix runs on one CPU core and costs O(numel) with a large
-  constant, so on CPU it first narrows the candidates: a threshold is read off a strided sample of
-  ~4096 scores with a safety margin, only entries above it go into `topk`, and if fewer than k pass
-  (a bad sample) it falls back to the full `topk` — exact either way. On GPU `topk` is already a fast
-  radix select and the shortcuts would add host syncs, so there it is the plain steps 2 without 1.
+  A global top-k over a flattened matrix runs on one CPU core at a large cost per entry, so on CPU
+  both steps search a candidate set instead: every entry >= a threshold read off a strided sample
+  of ~4096 scores with a safety margin. When at least k entries pass, they contain the answer of both
+  steps; when fewer pass (a bad sample) it falls back to all entries — exact either way. On GPU
+  `topk` is already a fast radix select and these shortcuts would add host syncs, so only step 2
+  runs there, over all entries.
 * `kept_fraction(step, total, target, start, end)` — the L0 schedule: fully dense until
   `start * total`, then linear to `target` at `end * total` (defaults 1% and 50% of training).
 
@@ -83,49 +84,59 @@ def topk_mask(w: Float[Tensor, "rows cols"], k: int, min_per_neuron: int, neuron
     fan_dim = 1 - neuron_dim
     j = min(min_per_neuron, w.shape[fan_dim])
     on_cpu = w.device.type == "cpu"
-    # A fresh contiguous row-major copy: flat index i is entry (i // cols, i % cols), and the
-    # in-place scatter below cannot touch w.
-    scores_RC = w.detach().float().abs().contiguous()
+    # A fresh row-major copy: flat index i is entry (i // cols, i % cols), and scatter_ cannot touch w.
+    scores_RC = w.detach().abs().float().contiguous()
+    flat = scores_RC.view(-1)
+    cand = _candidates(flat, k, w.shape[1]) if on_cpu else None
     mask_RC = torch.zeros(w.shape, dtype=torch.bool, device=w.device)
     if on_cpu:  # step 1: a plain top-k, kept if no neuron is starved
-        idx = _largest(scores_RC, k, reduce=True)
+        idx = _largest(flat, cand, k)
         if j == 0 or int(_neuron_counts(idx, w.shape, neuron_dim).min()) >= j:
             mask_RC.view(-1)[idx] = True
             return mask_RC
-    forced = scores_RC.topk(j, dim=fan_dim, sorted=False).indices  # step 2
-    mask_RC.scatter_(fan_dim, forced, True)
-    scores_RC.scatter_(fan_dim, forced, -1.0)  # below every |w|: never picked again
+    if j > 0:  # step 2
+        forced = scores_RC.topk(j, dim=fan_dim, sorted=False).indices
+        mask_RC.scatter_(fan_dim, forced, True)
+        scores_RC.scatter_(fan_dim, forced, -1.0)  # below every |w|: never picked again
     rest = k - w.shape[neuron_dim] * j
     if rest > 0:
-        mask_RC.view(-1)[_largest(scores_RC, rest, reduce=on_cpu)] = True
+        mask_RC.view(-1)[_largest(flat, cand, rest)] = True
     return mask_RC
 
 
-# Size of the strided sample that sets the candidate threshold in `_largest`.
+# Size of the strided sample that sets the candidate threshold in `_candidates`.
 _SAMPLE = 4096
 
 
-def _largest(scores_RC: Tensor, r: int, reduce: bool) -> Tensor:
-    """Flat indices of the r largest scores (ties arbitrary); `reduce` narrows candidates first."""
-    flat = scores_RC.view(-1)
+def _candidates(flat: Tensor, k: int, row_len: int) -> Tensor | None:
+    """Flat indices of every score >= a threshold passed by at least k of them; None = use all.
+
+    Such a set holds the k largest scores and, once any k - r entries are forced in (dropped to -1),
+    the r largest of the others: every entry outside it is below every unforced one inside.
+    """
     n = flat.numel()
-    # Only worth it when the sample is small next to the matrix and few entries are kept (below a
-    # quarter, the candidates are at most ~half the matrix; above it plain topk is as fast).
-    if reduce and n > 4 * _SAMPLE and 4 * r < n:
-        stride = n // _SAMPLE
-        while math.gcd(stride, scores_RC.shape[1]) > 1:  # walk across columns, not down a few of them
-            stride += 1
-        sample = flat[::stride]
-        m = sample.numel()
-        # Expected sample count above the true threshold is p*m; go ~4 binomial std lower.
-        p = r / n
-        rank = min(m, int(p * m + 4 * math.sqrt(p * m) + 16))
-        lo = sample.kthvalue(m - rank + 1).values  # the rank-th largest of the sample
-        cand = (flat >= lo).nonzero().squeeze(1)
-        # Every entry >= lo is a candidate, so if there are >= r of them they hold the r largest.
-        if cand.numel() >= r:
-            return cand[flat[cand].topk(r, sorted=False).indices]
-    return flat.topk(r, sorted=False).indices
+    # Only worth it when the sample is small next to the matrix and few entries are kept (above a
+    # quarter, the candidates would be about half the matrix and plain topk is as fast).
+    if n <= 4 * _SAMPLE or 4 * k >= n:
+        return None
+    stride = n // _SAMPLE
+    while math.gcd(stride, row_len) > 1:  # walk across the columns, not down a few of them
+        stride += 1
+    sample = flat[::stride]
+    m = sample.numel()
+    # About p*m sample entries lie above the true k-th largest; aim ~4 binomial std lower.
+    p = k / n
+    rank = min(m, int(p * m + 4 * math.sqrt(p * m) + 16))
+    lo = sample.kthvalue(m - rank + 1).values  # the rank-th largest of the sample
+    cand = (flat >= lo).nonzero().squeeze(1)
+    return cand if cand.numel() >= k else None  # a bad sample: fall back to everything, still exact
+
+
+def _largest(flat: Tensor, cand: Tensor | None, r: int) -> Tensor:
+    """Flat indices of the r largest scores (ties arbitrary), searching only `cand` when given."""
+    if cand is None:
+        return flat.topk(r, sorted=False).indices
+    return cand[flat[cand].topk(r, sorted=False).indices]
 
 
 def _neuron_counts(idx: Tensor, shape: torch.Size, neuron_dim: int) -> Tensor:
