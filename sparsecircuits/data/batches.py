@@ -28,6 +28,7 @@ import torch
 from jaxtyping import Int64
 from tokenizers import Tokenizer
 
+from sparsecircuits.atomic import atomic_write_text
 from sparsecircuits.data.corpus import (
     DataConfig,
     Document,
@@ -195,9 +196,7 @@ def _write_tokens(
         "n_docs": n_docs,
     }
     meta_path = tokens_dir / f"{fingerprint}.json"
-    meta_tmp = meta_path.with_name(f"{meta_path.name}.tmp-{os.getpid()}")
-    meta_tmp.write_text(json.dumps(meta, indent=2), encoding="utf-8")
-    os.replace(meta_tmp, meta_path)
+    atomic_write_text(meta_path, json.dumps(meta, indent=2))
     return meta
 
 

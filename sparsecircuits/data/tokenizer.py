@@ -13,12 +13,12 @@ Data preparation must not (a document quoting it is not two documents): use `pla
 from __future__ import annotations
 
 import hashlib
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
+from sparsecircuits.atomic import atomic_write_text
 from sparsecircuits.data.corpus import EOT
 
 
@@ -45,11 +45,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
 
 def save_tokenizer(tok: Tokenizer, path: Path) -> None:
     """Write `tok` as JSON to `path` atomically (a temp file, then rename); creates the folder."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(tok.to_str(), encoding="utf-8")
-    os.replace(tmp, path)
+    atomic_write_text(Path(path), tok.to_str())
 
 
 def load_tokenizer(path: Path) -> Tokenizer:
