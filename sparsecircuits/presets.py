@@ -26,7 +26,7 @@ PRESETS: dict[str, Preset] = {
             "tiny",
             "2 layers, d_model 128, 8 heads, context 128: a few minutes on 2 CPU cores",
             model=dict(n_layers=2, d_model=128, n_heads=8, d_head=16, d_mlp=512, n_ctx=128),
-            train=dict(steps=1500, batch_size=16, lr=1e-2, weight_frac=0.125, embed_frac=0.25,
+            train=dict(steps=1500, batch_size=32, lr=3e-2, weight_frac=0.125, embed_frac=0.25,
                        val_every=250, ckpt_every=500),
         ),
         Preset(

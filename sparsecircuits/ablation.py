@@ -1,0 +1,156 @@
+"""Masks, baselines and masked runs: the one way every method intervenes on the model (DESIGN.md).
+
+A mask is a tensor over the nodes of one hook site (its channel shape, broadcast over batch and
+positions); at that hook the activation becomes `m * x + (1 - m) * baseline`. Baselines:
+  mean            per-channel mean over pretraining tokens (all positions; `mean_activations`)
+  zero            0
+  counterfactual  the activation of the paired counterfactual prompt (same shape as x)
+`NodeSite` lists the prunable sites of a weight-sparse model (Gao et al. 2025): per layer the
+attention read channels, q, k, v channels, attention write channels, MLP read channels, MLP
+neurons and MLP write channels.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from jaxtyping import Float
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from sparsecircuits.graph import Circuit
+from sparsecircuits.hooks import HookFn, HookPoint
+from sparsecircuits.model.transformer import Transformer
+
+BASELINES = ("mean", "zero", "counterfactual")
+
+
+@dataclass(frozen=True)
+class NodeSite:
+    hook: str  # hook name
+    kind: str  # Node kind of its nodes
+    layer: int
+    shape: tuple[int, ...]  # channel shape (trailing dims of the activation)
+
+    @property
+    def size(self) -> int:
+        n = 1
+        for d in self.shape:
+            n *= d
+        return n
+
+
+def prune_sites(model: Transformer) -> list[NodeSite]:
+    """The eight node sites per layer of Gao et al., in forward order."""
+    cfg = model.cfg
+    H, KV, dh, d = cfg.n_heads, cfg.kv_heads, cfg.d_head, cfg.d_model
+    sites = []
+    for L in range(cfg.n_layers):
+        p = f"blocks.{L}"
+        sites += [
+            NodeSite(f"{p}.ln1.hook_normalized", "resid_read", L, (d,)),
+            NodeSite(f"{p}.attn.hook_q", "q", L, (H, dh)),
+            NodeSite(f"{p}.attn.hook_k", "k", L, (KV, dh)),
+            NodeSite(f"{p}.attn.hook_v", "v", L, (KV, dh)),
+            NodeSite(f"{p}.hook_attn_out", "resid_write", L, (d,)),
+            NodeSite(f"{p}.ln2.hook_normalized", "resid_read", L, (d,)),
+            NodeSite(f"{p}.mlp.hook_post", "neuron", L, (cfg.d_mlp,)),
+            NodeSite(f"{p}.hook_mlp_out", "resid_write", L, (d,)),
+        ]
+    return sites
+
+
+def mask_hook(mask: Tensor, baseline: Tensor | None) -> HookFn:
+    """Hook replacing x by m * x + (1 - m) * baseline (baseline None = zero)."""
+
+    def fn(x: Tensor, hook: HookPoint) -> Tensor:
+        m = mask.to(x.dtype)
+        if baseline is None:
+            return x * m
+        return m * x + (1 - m) * baseline.to(x.dtype)
+
+    return fn
+
+
+def masked_hooks(masks: dict[str, Tensor], baselines: dict[str, Tensor] | None) -> list[tuple[str, HookFn]]:
+    """Hooks applying every mask with its baseline (missing baseline = zero ablation)."""
+    base = baselines or {}
+    return [(hook, mask_hook(m, base.get(hook))) for hook, m in masks.items()]
+
+
+@torch.no_grad()
+def counterfactual_baselines(model: Transformer, cf_tokens: Tensor, hooks: list[str]) -> dict[str, Tensor]:
+    """Activations of the counterfactual prompts at the given hooks (full model, no masks)."""
+    _, cache = model.run_with_cache(cf_tokens, names_filter=hooks)
+    return {h: cache[h] for h in hooks}
+
+
+def channel_hooks(model: Transformer) -> list[str]:
+    """Hook points whose activation is [batch, pos, *channels] (not attention scores/patterns)."""
+    return [n for n in model.hook_points if not n.endswith(("hook_attn_scores", "hook_pattern", "hook_scale"))]
+
+
+@torch.no_grad()
+def mean_activations(model: Transformer, batches: list[Tensor]) -> dict[str, Float[Tensor, "..."]]:
+    """Per-channel mean of every channel hook over all tokens of `batches` ([batch, pos] each)."""
+    hooks = channel_hooks(model)
+    sums: dict[str, Tensor] = {}
+    count = 0
+    device = next(model.parameters()).device
+    for b in batches:
+        _, cache = model.run_with_cache(b.to(device), names_filter=hooks)
+        for h in hooks:
+            s = cache[h].double().sum(dim=(0, 1))
+            sums[h] = s if h not in sums else sums[h] + s
+        count += b.shape[0] * b.shape[1]
+    return {h: (s / count).float().cpu() for h, s in sums.items()}
+
+
+def weights_fingerprint(model: Transformer) -> str:
+    """sha256 over the model's config and parameters (identifies a checkpoint's weights)."""
+    h = hashlib.sha256(repr(sorted(model.cfg.to_dict().items())).encode())
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def cached_means(
+    model: Transformer, tokens: np.ndarray, cache_dir: Path, n_seqs: int = 64, seed: int = 1234
+) -> dict[str, Tensor]:
+    """Mean baselines over `n_seqs` pretraining windows, cached per (weights, data, n_seqs, seed)."""
+    from sparsecircuits.data.batches import sample_batch
+
+    n_ctx = model.cfg.n_ctx
+    key = hashlib.sha256(
+        f"{weights_fingerprint(model)}:{len(tokens)}:{int(tokens[:4096].sum())}:{n_seqs}:{seed}".encode()
+    ).hexdigest()[:32]
+    path = Path(cache_dir) / "means" / f"{key}.safetensors"
+    if path.exists():
+        return load_file(str(path))
+    per = 16
+    batches = [sample_batch(tokens, min(per, n_seqs - i), n_ctx, seed, i)[:, :-1] for i in range(0, n_seqs, per)]
+    means = mean_activations(model, batches)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file(means, str(tmp))
+    tmp.replace(path)
+    return means
+
+
+def circuit_masks(circuit: Circuit, sites: list[NodeSite]) -> dict[str, Tensor]:
+    """Masks that keep exactly a circuit's nodes at the given sites (1 = kept)."""
+    by_site: dict[str, list[int]] = {}
+    for n in circuit.nodes:
+        by_site.setdefault(n.site, []).append(n.index)
+    masks = {}
+    for s in sites:
+        m = torch.zeros(s.size)
+        if s.hook in by_site:
+            m[torch.tensor(by_site[s.hook])] = 1.0
+        masks[s.hook] = m.view(s.shape)
+    return masks

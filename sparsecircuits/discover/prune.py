@@ -1,0 +1,309 @@
+"""Learned-mask pruning of Gao et al. (2025), "Weight-sparse transformers have interpretable
+circuits" (arXiv 2511.13653), Section "Pruning".
+
+Nodes are the scalar channels of the eight sites per layer (`ablation.prune_sites`). Steps:
+  1. one gate parameter tau per node, initialised N(init_mean, init_std) with init_mean > 0, so
+     every node starts on;
+  2. each step, on a batch of task examples: mask = H(tau) (Heaviside forward; backward the
+     sigmoid derivative sigma'(tau / T) / T, a straight-through estimator); pruned nodes take their
+     baseline (mean over pretraining data by default, zero, or the counterfactual activation);
+     loss = task BCE + k_coef * (number of active nodes); AdamW with gradient clipping and linear lr
+     decay; tau clamped to [-1, 1];
+  3. discretise: order nodes by tau, and bisect on k for the smallest circuit of the top-k nodes
+     whose task loss on held-out examples is <= target_loss (default 0.15 nats); optionally with a
+     logit scale + per-answer-token shift fitted by 16 LBFGS steps ("calibration");
+  4. report the circuit: nodes with their single-node ablation effect (metric(circuit) - metric(circuit
+     without the node), mean logit difference), edges = nonzero weights between kept nodes plus the
+     residual identities (`weight_edges.circuit_edges`), and the losses of the circuit, the full
+     model and the empty circuit, the bisection trace and the hyperparameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sparsecircuits.ablation import BASELINES, NodeSite, counterfactual_baselines, masked_hooks, prune_sites
+from sparsecircuits.config_utils import opt
+from sparsecircuits.discover.weight_edges import circuit_edges
+from sparsecircuits.graph import Circuit, Node
+from sparsecircuits.model.transformer import Transformer
+from sparsecircuits.tasks.base import TaskData, last_logits, logit_diff, task_loss
+
+
+@dataclass
+class PruneConfig:
+    steps: int = opt(300, "optimisation steps of the gate parameters")
+    batch_size: int = opt(64, "task examples per step")
+    lr: float = opt(0.01, "AdamW peak learning rate for the gates (linear decay to 0)")
+    k_coef: float = opt(1e-4, "penalty per active node, in nats")
+    weight_decay: float = opt(1e-3, "AdamW weight decay on the gates")
+    beta2: float = opt(0.95, "AdamW beta2")
+    grad_clip: float = opt(1.0, "gradient-norm clipping")
+    temperature: float = opt(1.0, "temperature of the sigmoid-derivative surrogate gradient")
+    init_mean: float = opt(0.1, "mean of the gate initialisation (> 0: all nodes on)")
+    init_std: float = opt(0.01, "std of the gate initialisation")
+    target_loss: float = opt(0.15, "task loss (nats) the discretised circuit must reach")
+    baseline: str = opt("mean", f"value of pruned nodes: {' | '.join(BASELINES)}")
+    calibrate: bool = opt(False, "fit a logit scale and per-answer shift (16 LBFGS steps) when evaluating")
+    seed: int = opt(0, "seed of the gate initialisation and batch order")
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PruneConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"PruneConfig.baseline must be one of {BASELINES}, got {self.baseline!r}")
+        if self.init_mean <= 0 or self.temperature <= 0 or self.lr <= 0 or self.target_loss <= 0:
+            raise ValueError("PruneConfig.init_mean, temperature, lr and target_loss must be > 0")
+
+
+class _HeavisideSTE(torch.autograd.Function):
+    """H(tau) forward; sigma'(tau / T) / T backward."""
+
+    @staticmethod
+    def forward(ctx: Any, tau: Tensor, temperature: float) -> Tensor:
+        ctx.save_for_backward(tau)
+        ctx.temperature = temperature
+        return (tau > 0).to(tau.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (tau,) = ctx.saved_tensors
+        s = torch.sigmoid(tau / ctx.temperature)
+        return grad * s * (1 - s) / ctx.temperature, None
+
+
+@dataclass
+class Evaluation:
+    loss: float  # task BCE, nats
+    accuracy: float  # fraction with logit(correct) > logit(incorrect)
+    logit_diff: float  # mean metric
+
+
+class MaskedTask:
+    """A model, a task's data and a baseline: evaluates the task under node masks."""
+
+    def __init__(self, model: Transformer, data: TaskData, baseline: str, means: dict[str, Tensor] | None,
+                 sites: list[NodeSite]) -> None:
+        self.model, self.data, self.sites = model, data, sites
+        hooks = [s.hook for s in sites]
+        if baseline == "mean":
+            if means is None:
+                raise ValueError("mean ablation needs mean activations (ablation.cached_means)")
+            self.base: dict[str, Tensor] | None = {h: means[h] for h in hooks}
+            self.per_example = False
+        elif baseline == "counterfactual":
+            if data.cf_tokens is None:
+                raise ValueError(f"task {data.name!r} has no counterfactual prompts for counterfactual ablation")
+            self.base = counterfactual_baselines(model, data.cf_tokens, hooks)
+            self.per_example = True
+        else:
+            self.base, self.per_example = None, False
+
+    def diff(self, masks: dict[str, Tensor], idx: Tensor | None = None) -> Tensor:
+        """Per-example logit differences under masks (all examples, or the rows `idx`)."""
+        d = self.data if idx is None else self.data.subset(idx)
+        base = self.base
+        if self.per_example and base is not None and idx is not None:
+            base = {h: v[idx] for h, v in base.items()}
+        with self.model.hooks(masked_hooks(masks, base)):
+            logits = self.model(d.tokens)
+        return logit_diff(last_logits(logits, d.lengths), d)
+
+    @torch.no_grad()
+    def evaluate(self, masks: dict[str, Tensor], calibrate: bool = False) -> Evaluation:
+        diff = self.diff(masks)
+        if calibrate:
+            diff = calibrated(diff, self.data)
+        return Evaluation(float(task_loss(diff)), float((diff > 0).float().mean()), float(diff.mean()))
+
+
+def calibrated(diff: Tensor, data: TaskData, steps: int = 16) -> Tensor:
+    """Logit differences after fitting a scale and a per-answer-token shift (Gao et al.'s calibration).
+
+    With logits' = a * logits + b[token], the difference becomes a * diff + b[correct] - b[incorrect].
+    """
+    tokens = torch.unique(torch.cat([data.correct, data.incorrect]))
+    pos = {int(t): i for i, t in enumerate(tokens)}
+    ci = torch.tensor([pos[int(t)] for t in data.correct])
+    ii = torch.tensor([pos[int(t)] for t in data.incorrect])
+    a = torch.ones((), requires_grad=True)
+    b = torch.zeros(len(tokens), requires_grad=True)
+    lbfgs = torch.optim.LBFGS([a, b], max_iter=steps, line_search_fn="strong_wolfe")
+    d = diff.detach()
+
+    def closure() -> Tensor:
+        lbfgs.zero_grad()
+        loss = task_loss(a * d + b[ci] - b[ii])
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        lbfgs.step(closure)
+    return (a * d + b[ci] - b[ii]).detach()
+
+
+def _masks_from_flat(flat: Tensor, sites: list[NodeSite]) -> dict[str, Tensor]:
+    out, start = {}, 0
+    for s in sites:
+        out[s.hook] = flat[start : start + s.size].view(s.shape)
+        start += s.size
+    return out
+
+
+def train_gates(task: MaskedTask, cfg: PruneConfig, on_step: Any = None) -> Tensor:
+    """Steps 1-2: optimise one gate per node; returns the flat tau vector (nodes in site order)."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    n_nodes = sum(s.size for s in task.sites)
+    tau = (cfg.init_mean + cfg.init_std * torch.randn(n_nodes, generator=g)).requires_grad_(True)
+    opt_ = torch.optim.AdamW([tau], lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: max(0.0, 1 - s / cfg.steps))
+    for step in range(cfg.steps):
+        pick = torch.randint(len(task.data), (min(cfg.batch_size, len(task.data)),), generator=g)
+        gate = _HeavisideSTE.apply(tau, cfg.temperature)
+        diff = task.diff(_masks_from_flat(gate, task.sites), pick)
+        loss = task_loss(diff) + cfg.k_coef * gate.sum()
+        opt_.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([tau], cfg.grad_clip)
+        opt_.step()
+        sched.step()
+        with torch.no_grad():
+            tau.clamp_(-1.0, 1.0)
+        if on_step is not None:
+            on_step(step + 1, cfg.steps, float(loss), int((tau > 0).sum()))
+    return tau.detach()
+
+
+@dataclass
+class Bisection:
+    k: int  # nodes in the circuit
+    reached: bool  # whether loss <= target was reached (False: k = all nodes)
+    trace: list[dict[str, float]]  # every (k, loss, accuracy) evaluated, in order
+
+
+def bisect_k(task: MaskedTask, order: Tensor, target: float, calibrate: bool) -> Bisection:
+    """Step 3: smallest k whose top-k circuit has task loss <= target (bisection, assumes monotone)."""
+    n = len(order)
+    trace: list[dict[str, float]] = []
+    cache: dict[int, float] = {}
+
+    def loss_at(k: int) -> float:
+        if k not in cache:
+            flat = torch.zeros(n)
+            flat[order[:k]] = 1.0
+            ev = task.evaluate(_masks_from_flat(flat, task.sites), calibrate)
+            cache[k] = ev.loss
+            trace.append({"k": k, "loss": ev.loss, "accuracy": ev.accuracy, "logit_diff": ev.logit_diff})
+        return cache[k]
+
+    if loss_at(n) > target:
+        return Bisection(n, False, trace)
+    lo, hi = 0, n  # invariant: loss(hi) <= target; loss(lo) > target unless lo == 0 and it passes
+    if loss_at(0) <= target:
+        return Bisection(0, True, trace)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if loss_at(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return Bisection(hi, True, trace)
+
+
+def kept_nodes(flat_on: Tensor, sites: list[NodeSite]) -> list[Node]:
+    nodes, start = [], 0
+    for s in sites:
+        for i in torch.nonzero(flat_on[start : start + s.size]).flatten().tolist():
+            nodes.append(Node(s.hook, int(i), s.kind, s.layer))
+        start += s.size
+    return nodes
+
+
+@torch.no_grad()
+def node_effects(task: MaskedTask, flat_on: Tensor) -> dict[str, float]:
+    """Score of each kept node: mean logit diff of the circuit minus that of the circuit without it."""
+    base = float(task.diff(_masks_from_flat(flat_on, task.sites)).mean())
+    scores = {}
+    for node_flat in torch.nonzero(flat_on).flatten().tolist():
+        off = flat_on.clone()
+        off[node_flat] = 0.0
+        scores[node_flat] = base - float(task.diff(_masks_from_flat(off, task.sites)).mean())
+    nodes = kept_nodes(flat_on, task.sites)
+    return {n.id: scores[f] for n, f in zip(nodes, torch.nonzero(flat_on).flatten().tolist())}
+
+
+def split_indices(n: int, seed: int, eval_frac: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Deterministic train/held-out split of example indices."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    n_eval = max(1, int(n * eval_frac))
+    return perm[n_eval:], perm[:n_eval]
+
+
+@dataclass
+class PruneResult:
+    circuit: Circuit
+    tau: Tensor  # final gate parameters, flat in site order
+    bisection: Bisection
+    full: Evaluation  # held-out examples, full model
+    empty: Evaluation  # held-out examples, every node ablated
+    in_circuit: Evaluation  # held-out examples, the circuit
+
+
+def prune_task(
+    model: Transformer,
+    data: TaskData,
+    cfg: PruneConfig,
+    means: dict[str, Tensor] | None = None,
+    sites: list[NodeSite] | None = None,
+    on_step: Any = None,
+) -> PruneResult:
+    """Learned-mask pruning of one task (steps 1-4 of the module docstring)."""
+    sites = sites if sites is not None else prune_sites(model)
+    train_idx, eval_idx = split_indices(len(data), cfg.seed)
+    requires = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        train = MaskedTask(model, data.subset(train_idx), cfg.baseline, means, sites)
+        held = MaskedTask(model, data.subset(eval_idx), cfg.baseline, means, sites)
+        tau = train_gates(train, cfg, on_step)
+        order = torch.argsort(tau, descending=True, stable=True)
+        bis = bisect_k(held, order, cfg.target_loss, cfg.calibrate)
+        flat_on = torch.zeros(len(tau))
+        flat_on[order[: bis.k]] = 1.0
+        nodes = kept_nodes(flat_on, sites)
+        scores = node_effects(held, flat_on)
+        ones = {s.hook: torch.ones(s.shape) for s in sites}
+        zeros = {s.hook: torch.zeros(s.shape) for s in sites}
+        full, empty = held.evaluate(ones, cfg.calibrate), held.evaluate(zeros, cfg.calibrate)
+        circ = held.evaluate(_masks_from_flat(flat_on, sites), cfg.calibrate)
+    finally:
+        for p, r in zip(model.parameters(), requires):
+            p.requires_grad_(r)
+    answers = torch.cat([data.correct, data.incorrect]).tolist()
+    extra, edges = circuit_edges(model, nodes, sites, answers)
+    metadata = {
+        "task": data.name,
+        "method": "learned-mask pruning (Gao et al. 2025)",
+        "n_nodes": len(nodes),
+        "n_edges": len(edges),
+        "reached_target": bis.reached,
+        "losses": {"circuit": circ.loss, "full": full.loss, "empty": empty.loss},
+        "accuracy": {"circuit": circ.accuracy, "full": full.accuracy, "empty": empty.accuracy},
+        "logit_diff": {"circuit": circ.logit_diff, "full": full.logit_diff, "empty": empty.logit_diff},
+        "bisection": bis.trace,
+        "hyperparameters": dataclasses.asdict(cfg),
+        "n_examples": {"train": len(train_idx), "held_out": len(eval_idx)},
+        "answer_tokens": list(data.answer_strings),
+        "sites": [dataclasses.asdict(s) for s in sites],
+    }
+    metadata = json.loads(json.dumps(metadata))  # JSON-native (lists, not tuples): a reload compares equal
+    circuit = Circuit(nodes + extra, edges, scores, metadata)
+    return PruneResult(circuit, tau, bis, full, empty, circ)

@@ -1,0 +1,113 @@
+"""The one graph: `Node`, `Edge` and `Circuit`, with a single JSON schema, and circuit comparison.
+
+A node is one unit at one hook site: a channel index into the site's activation (flattened over
+trailing dims, e.g. q channels are `head * d_head + i`), optionally at one position. Kinds cover
+every granularity of the four methods (DESIGN.md): residual read/write channels, q/k/v channels, MLP
+neurons, attention heads, whole MLPs, dictionary features and error terms, token embeddings, logits.
+A circuit holds nodes, edges between them, a score per node (DESIGN.md sign: metric(clean) -
+metric(node ablated), positive = helps) and free-form metadata (task, method, losses, ...).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparsecircuits.atomic import atomic_write_text
+
+NODE_KINDS = (
+    "resid_read", "q", "k", "v", "resid_write", "neuron",  # weight-sparse channel nodes (Gao et al.)
+    "head", "mlp",  # components (Lan et al.)
+    "feature", "error",  # dictionary nodes (Marks et al., Dunefsky et al.)
+    "embed", "logit",
+)
+SCHEMA = "sparsecircuits-circuit-v1"
+
+
+@dataclass(frozen=True)
+class Node:
+    site: str  # hook name, e.g. "blocks.0.attn.hook_q"; "logits" for logit nodes
+    index: int  # channel (flattened), neuron, head, feature or token id
+    kind: str
+    layer: int  # block index; -1 for embeddings, n_layers for logits
+    position: int | None = None  # None = all positions
+
+    def __post_init__(self) -> None:
+        if self.kind not in NODE_KINDS:
+            raise ValueError(f"Node.kind must be one of {NODE_KINDS}, got {self.kind!r}")
+
+    @property
+    def id(self) -> str:
+        pos = "" if self.position is None else f"@{self.position}"
+        return f"{self.site}[{self.index}]{pos}"
+
+
+@dataclass(frozen=True)
+class Edge:
+    src: str  # node ids
+    dst: str
+    weight: float
+    kind: str  # "weight" (a nonzero parameter), "residual" (identity through the residual stream),
+    #            "qk" (query and key channel of one head dimension), "attribution" (a scored effect)
+
+
+@dataclass
+class Circuit:
+    nodes: list[Node]
+    edges: list[Edge] = field(default_factory=list)
+    scores: dict[str, float] = field(default_factory=dict)  # node id -> score
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        ids = [n.id for n in self.nodes]
+        if len(set(ids)) != len(ids):
+            raise ValueError("Circuit.nodes holds duplicate node ids")
+        known = set(ids)
+        bad = [e for e in self.edges if e.src not in known or e.dst not in known]
+        if bad:
+            raise ValueError(f"Circuit has {len(bad)} edges between unknown nodes, e.g. {bad[0].src} -> {bad[0].dst}")
+
+    @property
+    def node_ids(self) -> set[str]:
+        return {n.id for n in self.nodes}
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA,
+            "nodes": [asdict(n) for n in self.nodes],
+            "edges": [asdict(e) for e in self.edges],
+            "scores": self.scores,
+            "metadata": self.metadata,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Circuit:
+        if d.get("schema") != SCHEMA:
+            raise ValueError(f"not a sparsecircuits circuit (schema {d.get('schema')!r}, expected {SCHEMA!r})")
+        try:
+            nodes = [Node(**n) for n in d["nodes"]]
+            edges = [Edge(**e) for e in d["edges"]]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"malformed circuit JSON: {e}") from None
+        return cls(nodes, edges, {k: float(v) for k, v in d.get("scores", {}).items()}, d.get("metadata", {}))
+
+    def save(self, path: Path) -> None:
+        atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> Circuit:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"circuit file {str(path)!r} does not exist")
+        try:
+            return cls.from_dict(json.loads(path.read_text()))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{str(path)!r} is not valid JSON ({e})") from None
+
+
+def node_iou(a: Circuit, b: Circuit) -> float:
+    """Intersection over union of two circuits' node sets (1.0 for two empty circuits)."""
+    sa, sb = a.node_ids, b.node_ids
+    return 1.0 if not sa | sb else len(sa & sb) / len(sa | sb)

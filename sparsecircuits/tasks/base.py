@@ -1,0 +1,229 @@
+"""Binary next-token contrast tasks: examples, a registry, tokenizer validation, loss and metric.
+
+A task (DESIGN.md "Tasks") is a stream of `Example`s: a prompt, the text that correctly continues it,
+a plausible but wrong continuation, and optionally a counterfactual prompt whose correct continuation
+is the wrong one. The **answer tokens** are the first token of each continuation *in context*, so a
+task written as text adapts itself to whatever BPE the model has (e.g. a closing quote followed by a
+newline may be one token `"\\n` in a tokenizer trained on Python). `tokenize_task` checks, per
+example, that:
+  1. the prompt ends at a token boundary: tokens(prompt) is a prefix of tokens(prompt + continuation),
+     for both continuations (otherwise the model never sees this prompt/answer split in training);
+  2. the two answer tokens differ;
+  3. with `single_token=True` (user JSONL tasks), each continuation is exactly one token;
+  4. the counterfactual prompt has as many tokens as the prompt and its answer is the incorrect token;
+  5. the prompt fits the model's context.
+Built-in generated tasks skip examples that fail (and fail only if most do); user tasks raise a
+`TaskError` naming the example. Task loss is the binary cross-entropy over the two answer tokens at
+the last prompt position (Gao et al. 2025): softplus(-(logit_correct - logit_incorrect)); the metric
+is the logit difference (higher = task done better).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from tokenizers import Tokenizer
+from torch import Tensor
+
+
+class TaskError(ValueError):
+    """A task or one of its examples is malformed or does not fit the tokenizer."""
+
+
+@dataclass(frozen=True)
+class Example:
+    prompt: str
+    correct: str  # continuation whose first token is the correct answer
+    incorrect: str  # continuation whose first token is the incorrect answer
+    counterfactual: str | None = None  # a prompt whose correct continuation is `incorrect`
+
+
+Generator = Callable[[random.Random], Example]
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    name: str
+    summary: str  # one line: what is predicted and why it is determined
+    generate_one: Generator  # draws one example from an RNG
+    single_token: bool = False  # require each continuation to be exactly one token
+
+    def examples(self, n: int, seed: int = 0, max_tries_factor: int = 50) -> list[Example]:
+        """`n` distinct examples, deterministic in `seed`."""
+        rng = random.Random(f"{self.name}:{seed}")
+        seen: dict[Example, None] = {}
+        for _ in range(n * max_tries_factor):
+            seen.setdefault(self.generate_one(rng), None)
+            if len(seen) == n:
+                return list(seen)
+        raise TaskError(f"task {self.name!r} produced only {len(seen)} distinct examples, {n} requested")
+
+
+TASKS: dict[str, TaskSpec] = {}
+
+
+def register_task(name: str, summary: str, single_token: bool = False) -> Callable[[Generator], Generator]:
+    """Decorator adding a generator function to the task registry."""
+
+    def wrap(fn: Generator) -> Generator:
+        if name in TASKS:
+            raise ValueError(f"task {name!r} is registered twice")
+        TASKS[name] = TaskSpec(name, summary, fn, single_token)
+        return fn
+
+    return wrap
+
+
+def get_task(name: str) -> TaskSpec:
+    import sparsecircuits.tasks  # noqa: F401  (registers the built-in tasks)
+
+    if name not in TASKS:
+        raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    return TASKS[name]
+
+
+@dataclass
+class TaskData:
+    """A task's examples as tensors. Prompts are right-padded: with causal attention the logits at
+    each prompt's last position do not depend on the padding."""
+
+    name: str
+    examples: list[Example]
+    tokens: Int[Tensor, "n pos"]  # prompts, right-padded with the pad id
+    lengths: Int[Tensor, " n"]  # prompt lengths in tokens
+    correct: Int[Tensor, " n"]  # answer token ids
+    incorrect: Int[Tensor, " n"]
+    cf_tokens: Int[Tensor, "n pos"] | None  # counterfactual prompts, same lengths as the prompts
+    answer_strings: tuple[str, str]  # the most common (correct, incorrect) answer tokens, decoded
+    skipped: int  # examples dropped because they do not fit the tokenizer
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def subset(self, idx: Tensor | slice) -> TaskData:
+        ex = [self.examples[i] for i in torch.arange(len(self))[idx].tolist()]
+        cf = None if self.cf_tokens is None else self.cf_tokens[idx]
+        return TaskData(self.name, ex, self.tokens[idx], self.lengths[idx], self.correct[idx],
+                        self.incorrect[idx], cf, self.answer_strings, self.skipped)
+
+
+def _answer_id(tok: Tokenizer, prompt_ids: list[int], prompt: str, cont: str, single: bool) -> int:
+    ids = tok.encode(prompt + cont, add_special_tokens=False).ids
+    if ids[: len(prompt_ids)] != prompt_ids or len(ids) == len(prompt_ids):
+        raise TaskError(f"the prompt does not end at a token boundary before {cont!r} (tokens merge across it)")
+    if single and len(ids) != len(prompt_ids) + 1:
+        pieces = [tok.id_to_token(i) for i in ids[len(prompt_ids):]]
+        raise TaskError(f"answer {cont!r} is {len(pieces)} tokens in context, not one: {pieces}")
+    return ids[len(prompt_ids)]
+
+
+def _check_example(ex: Example, tok: Tokenizer, n_ctx: int, single: bool) -> tuple[list[int], int, int, list[int] | None]:
+    p_ids = tok.encode(ex.prompt, add_special_tokens=False).ids
+    if not p_ids:
+        raise TaskError("the prompt is empty")
+    if len(p_ids) > n_ctx:
+        raise TaskError(f"the prompt is {len(p_ids)} tokens, longer than the model's context {n_ctx}")
+    c = _answer_id(tok, p_ids, ex.prompt, ex.correct, single)
+    i = _answer_id(tok, p_ids, ex.prompt, ex.incorrect, single)
+    if c == i:
+        raise TaskError(f"correct {ex.correct!r} and incorrect {ex.incorrect!r} start with the same token")
+    cf_ids = None
+    if ex.counterfactual is not None:
+        cf_ids = tok.encode(ex.counterfactual, add_special_tokens=False).ids
+        if len(cf_ids) != len(p_ids):
+            raise TaskError(f"the counterfactual prompt is {len(cf_ids)} tokens, the prompt {len(p_ids)}")
+        if _answer_id(tok, cf_ids, ex.counterfactual, ex.incorrect, single) != i:
+            raise TaskError("the counterfactual prompt's answer token differs from the incorrect answer token")
+    return p_ids, c, i, cf_ids
+
+
+def tokenize_task(
+    name: str, examples: list[Example], tok: Tokenizer, n_ctx: int, *, strict: bool, single_token: bool = False,
+    pad_id: int = 0,
+) -> TaskData:
+    """Validate and tokenize examples (see the module docstring). `strict` raises on the first bad
+    example; otherwise bad examples are skipped and an error is raised only if more than half are."""
+    rows, kept = [], []
+    for n, ex in enumerate(examples):
+        try:
+            rows.append(_check_example(ex, tok, n_ctx, single_token))
+            kept.append(ex)
+        except TaskError as e:
+            if strict:
+                raise TaskError(f"task {name!r}, example {n} (prompt {ex.prompt[-60:]!r}): {e}") from None
+    if not rows or len(rows) * 2 < len(examples):
+        raise TaskError(f"task {name!r}: only {len(rows)} of {len(examples)} examples fit this tokenizer")
+    has_cf = all(r[3] is not None for r in rows)
+    width = max(len(r[0]) for r in rows)
+    tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    cf = torch.full((len(rows), width), pad_id, dtype=torch.long) if has_cf else None
+    for j, (p, _, _, c) in enumerate(rows):
+        tokens[j, : len(p)] = torch.tensor(p)
+        if cf is not None and c is not None:
+            cf[j, : len(c)] = torch.tensor(c)
+    correct = torch.tensor([r[1] for r in rows])
+    incorrect = torch.tensor([r[2] for r in rows])
+    common = (tok.decode([int(correct.mode().values)]), tok.decode([int(incorrect.mode().values)]))
+    return TaskData(name, kept, tokens, torch.tensor([len(r[0]) for r in rows]), correct, incorrect, cf,
+                    common, len(examples) - len(rows))
+
+
+def load_task(name: str, tok: Tokenizer, n_ctx: int, n: int = 256, seed: int = 0) -> TaskData:
+    """A built-in task's examples, generated from `seed` and tokenized (bad examples skipped)."""
+    spec = get_task(name)
+    return tokenize_task(name, spec.examples(n, seed), tok, n_ctx, strict=False, single_token=spec.single_token)
+
+
+def read_jsonl_task(path: Path) -> list[Example]:
+    """User task: one JSON object per line with `prompt`, `correct`, `incorrect`, optional `counterfactual`."""
+    path = Path(path)
+    if not path.exists():
+        raise TaskError(f"task file {str(path)!r} does not exist")
+    out = []
+    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise TaskError(f"{path}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(obj, dict):
+            raise TaskError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+        missing = [k for k in ("prompt", "correct", "incorrect") if not isinstance(obj.get(k), str) or not obj[k]]
+        if missing:
+            raise TaskError(f"{path}:{n}: missing or empty string field(s) {missing}")
+        unknown = sorted(set(obj) - {"prompt", "correct", "incorrect", "counterfactual"})
+        if unknown:
+            raise TaskError(f"{path}:{n}: unknown field(s) {unknown}")
+        out.append(Example(obj["prompt"], obj["correct"], obj["incorrect"], obj.get("counterfactual")))
+    if not out:
+        raise TaskError(f"task file {str(path)!r} holds no examples")
+    return out
+
+
+def load_jsonl_task(path: Path, tok: Tokenizer, n_ctx: int) -> TaskData:
+    """A user task from JSONL, validated strictly: answers must be single tokens in context."""
+    return tokenize_task(Path(path).stem, read_jsonl_task(path), tok, n_ctx, strict=True, single_token=True)
+
+
+def last_logits(logits: Float[Tensor, "n pos vocab"], lengths: Int[Tensor, " n"]) -> Float[Tensor, "n vocab"]:
+    """Logits at each prompt's last real position."""
+    return logits[torch.arange(len(lengths), device=logits.device), lengths.to(logits.device) - 1]
+
+
+def logit_diff(last: Float[Tensor, "n vocab"], data: TaskData) -> Float[Tensor, " n"]:
+    """logit(correct) - logit(incorrect) per example: the task metric (higher = better)."""
+    idx = torch.arange(len(last), device=last.device)
+    return last[idx, data.correct.to(last.device)] - last[idx, data.incorrect.to(last.device)]
+
+
+def task_loss(diff: Float[Tensor, " n"]) -> Float[Tensor, ""]:
+    """Binary cross-entropy over the two answer tokens, from logit differences: mean softplus(-diff)."""
+    return F.softplus(-diff).mean()

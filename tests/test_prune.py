@@ -1,0 +1,121 @@
+"""Learned-mask pruning (Gao et al.) against ground truth on a hand-built model."""
+
+import pytest
+import torch
+
+from sparsecircuits.ablation import circuit_masks, mean_activations, prune_sites
+from sparsecircuits.discover.prune import MaskedTask, PruneConfig, prune_task
+from sparsecircuits.graph import Circuit
+from sparsecircuits.model import ModelConfig, Transformer
+from sparsecircuits.tasks.base import Example, TaskData
+
+T0, T1, FILL, ANS_A, ANS_B = 0, 1, (2, 3), 4, 5
+TRUE_NODES = {"blocks.0.ln2.hook_normalized[0]", "blocks.0.mlp.hook_post[0]", "blocks.0.hook_mlp_out[1]"}
+
+
+def hand_built_model() -> Transformer:
+    """1 layer, d_model 8. The answer (A after T0, B after T1) is computed by one path only:
+    embedding channel 0 = 1 for T0, 0 otherwise -> MLP read channel 0 -> neuron 0 = relu(x0) ->
+    MLP write channel 1 = 4 * neuron 0 -> logits A - B = 4 * ch1 (after the final norm) - 5 (bias).
+    Attention writes only to channels 2..7 and the unembedding reads only channel 1, so every other
+    node is irrelevant (up to RMSNorm scales), and each of the three path nodes is necessary under
+    mean, zero and counterfactual ablation alike (no node on the path is redundant)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=8, n_layers=1, n_heads=2, d_head=4, d_mlp=6, d_vocab=6, n_ctx=8, act="relu",
+                      act_sparsity_sites=(), bigram_table=False, bias_qkv=False, bias_attn_out=False, bias_mlp=False,
+                      bias_unembed=True)
+    model = Transformer(cfg)
+    with torch.no_grad():
+        model.W_E.normal_(0, 0.1)
+        model.W_E[:, :2] = 0
+        model.W_E[T0, 0] = 1.0
+        att, mlp = model.blocks[0].attn, model.blocks[0].mlp
+        for W in (att.W_Q, att.W_K, att.W_V, att.W_O):
+            W.normal_(0, 0.3)
+        att.W_O[:2] = 0  # attention never writes channels 0, 1
+        mlp.W_in.normal_(0, 0.3)
+        mlp.W_in[:, 0] = 0
+        mlp.W_in[0] = 0
+        mlp.W_in[0, 0] = 1.0  # only neuron 0 reads channel 0, and it reads nothing else
+        mlp.W_out.normal_(0, 0.3)
+        mlp.W_out[:2] = 0
+        mlp.W_out[:, 0] = 0
+        mlp.W_out[1, 0] = 4.0  # channel 1 is written by neuron 0 only
+        model.W_U.zero_()
+        model.W_U[ANS_A, 1], model.W_U[ANS_B, 1] = 2.0, -2.0
+        model.b_U.zero_()
+        model.b_U[ANS_B] = 5.0
+    return model
+
+
+def hand_task(n: int = 128) -> TaskData:
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.tensor(FILL)[torch.randint(0, 2, (n, 4), generator=g)]
+    last = torch.randint(0, 2, (n,), generator=g)
+    tokens[:, -1] = torch.where(last == 0, T0, T1)
+    cf = tokens.clone()
+    cf[:, -1] = torch.where(last == 0, T1, T0)
+    correct = torch.where(last == 0, ANS_A, ANS_B)
+    incorrect = torch.where(last == 0, ANS_B, ANS_A)
+    examples = [Example(str(t.tolist()), str(int(c)), str(int(i))) for t, c, i in zip(tokens, correct, incorrect)]
+    return TaskData("hand", examples, tokens, torch.full((n,), 4), correct, incorrect, cf, ("A", "B"), 0)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = hand_built_model()
+    g = torch.Generator().manual_seed(1)
+    means = mean_activations(model, [torch.randint(0, 4, (16, 8), generator=g)])
+    return model, hand_task(), means
+
+
+@pytest.mark.parametrize("baseline", ["mean", "zero", "counterfactual"])
+def test_pruning_recovers_the_known_node_set(setup, baseline):
+    model, data, means = setup
+    result = prune_task(model, data, PruneConfig(steps=150, baseline=baseline, lr=0.02), means=means)
+    circuit = result.circuit
+    channel_nodes = {n.id for n in circuit.nodes if n.kind not in ("embed", "logit")}
+    assert channel_nodes == TRUE_NODES
+    md = circuit.metadata
+    assert md["losses"]["circuit"] <= 0.15
+    assert md["losses"]["empty"] > 0.6  # no information: at least ~log 2
+    assert md["losses"]["full"] <= md["losses"]["circuit"] + 0.05
+    # every true node matters: its single ablation lowers the logit difference a lot
+    for node_id in TRUE_NODES:
+        assert circuit.scores[node_id] > 0.5, (node_id, circuit.scores[node_id])
+
+
+def test_edges_follow_the_nonzero_weights(setup):
+    model, data, means = setup
+    circuit = prune_task(model, data, PruneConfig(steps=150, lr=0.02), means=means).circuit
+    edges = {(e.src, e.dst, e.kind) for e in circuit.edges}
+    expected = {
+        ("hook_embed[0]", "blocks.0.ln2.hook_normalized[0]", "residual"),
+        ("blocks.0.ln2.hook_normalized[0]", "blocks.0.mlp.hook_post[0]", "weight"),
+        ("blocks.0.mlp.hook_post[0]", "blocks.0.hook_mlp_out[1]", "weight"),
+        ("blocks.0.hook_mlp_out[1]", f"logits[{ANS_A}]", "weight"),
+        ("blocks.0.hook_mlp_out[1]", f"logits[{ANS_B}]", "weight"),
+    }
+    assert edges == expected
+    assert circuit.metadata["n_edges"] == 5
+
+
+def test_circuit_reloaded_from_json_gives_the_same_loss(setup, tmp_path):
+    model, data, means = setup
+    result = prune_task(model, data, PruneConfig(steps=150, lr=0.02), means=means)
+    result.circuit.save(tmp_path / "c.json")
+    again = Circuit.load(tmp_path / "c.json")
+    assert again.to_dict() == result.circuit.to_dict()
+    sites = prune_sites(model)
+    from sparsecircuits.discover.prune import split_indices
+    _, eval_idx = split_indices(len(data), 0)
+    held = MaskedTask(model, data.subset(eval_idx), "mean", means, sites)
+    ev = held.evaluate(circuit_masks(again, sites))
+    assert ev.loss == pytest.approx(result.circuit.metadata["losses"]["circuit"], abs=1e-6)
+
+
+def test_prune_config_validation():
+    with pytest.raises(ValueError, match="PruneConfig.baseline"):
+        PruneConfig(baseline="median")
+    with pytest.raises(ValueError, match="PruneConfig.steps"):
+        PruneConfig(steps=0)
