@@ -65,14 +65,21 @@ def save_checkpoint(
     meta: dict[str, Any] | None = None,
     tokenizer_json: str | None = None,
     train_state: dict[str, Tensor] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
-    """Write a checkpoint folder atomically (replacing an existing one at `path`)."""
+    """Write a checkpoint folder atomically (replacing an existing one at `path`).
+
+    `dtype` stores floating-point weights in another precision (e.g. float16 to ship a model);
+    loading casts them back to the model's float32 parameters.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
     try:
         (tmp / CONFIG).write_text(json.dumps(model.cfg.to_dict(), indent=2, sort_keys=True))
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        if dtype is not None:
+            tensors = {k: v.to(dtype) if v.is_floating_point() else v for k, v in tensors.items()}
         save_file(tensors, str(tmp / WEIGHTS))
         if tokenizer_json is not None:
             (tmp / TOKENIZER).write_text(tokenizer_json)
@@ -191,3 +198,16 @@ def load_checkpoint(path: Path, *, with_train_state: bool = False, device: str =
     tok = folder / TOKENIZER
     state = read_tensors(folder / TRAIN_STATE) if with_train_state else None
     return Checkpoint(folder, model.to(device), meta, tok if tok.exists() else None, state)
+
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def export_checkpoint(src: Path, dst: Path, dtype: str = "float32") -> Path:
+    """Copy a checkpoint without its training state, weights stored as `dtype` (for shipping)."""
+    if dtype not in DTYPES:
+        raise CheckpointError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    ck = load_checkpoint(src)
+    tok = ck.tokenizer_path.read_text() if ck.tokenizer_path else None
+    meta = {**ck.meta, "exported_from": str(ck.path), "stored_dtype": dtype}
+    return save_checkpoint(Path(dst), ck.model, meta=meta, tokenizer_json=tok, dtype=DTYPES[dtype])

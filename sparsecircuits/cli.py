@@ -88,7 +88,21 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p, DataConfig, "data")
     i = sub.add_parser("info", help="show a checkpoint: config, per-matrix L0, validation loss")
     i.add_argument("checkpoint", type=Path, help="checkpoint folder or run folder (its newest checkpoint)")
+    e = sub.add_parser("export", help="copy a checkpoint without its optimizer state, optionally in float16")
+    e.add_argument("checkpoint", type=Path, help="checkpoint folder or run folder (its newest checkpoint)")
+    e.add_argument("--out", type=Path, required=True, help="folder to write")
+    e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                   help="storage precision of the weights (default: float32)")
     return parser
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from sparsecircuits.checkpoint import export_checkpoint
+
+    path = export_checkpoint(args.checkpoint, args.out, args.dtype)
+    size = sum(f.stat().st_size for f in path.iterdir()) / 1e6
+    console.print(f"exported {args.checkpoint} -> {path} ({args.dtype}, {size:.1f} MB)")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -99,7 +113,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from sparsecircuits.train import TrainConfig
 
     preset = get_preset(args.preset)
-    data = collect(args, DataConfig, {})
+    data = collect(args, DataConfig, preset.data)
     model = collect(args, ModelConfig, {**preset.model, "d_vocab": data.vocab_size})
     train = collect(args, TrainConfig, preset.train)
     out = args.out or Path("runs") / (args.preset + ("-dense" if train.dense else ""))
@@ -132,7 +146,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "info": cmd_info}
+COMMANDS = {"train": cmd_train, "info": cmd_info, "export": cmd_export}
 
 
 def main(argv: list[str] | None = None) -> int:

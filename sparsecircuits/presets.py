@@ -17,6 +17,7 @@ class Preset:
     summary: str  # one line for --help
     model: dict[str, Any] = field(default_factory=dict)  # ModelConfig overrides
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig overrides
+    data: dict[str, Any] = field(default_factory=dict)  # DataConfig overrides
 
 
 PRESETS: dict[str, Preset] = {
@@ -28,6 +29,14 @@ PRESETS: dict[str, Preset] = {
             model=dict(n_layers=2, d_model=128, n_heads=8, d_head=16, d_mlp=512, n_ctx=128),
             train=dict(steps=1500, batch_size=32, lr=3e-2, weight_frac=0.125, embed_frac=0.25,
                        val_every=250, ckpt_every=500),
+        ),
+        Preset(
+            "quickstart",
+            "the models shipped for `sparsecircuits quickstart`: 4 layers, d_model 128, vocab 1024 (~25 min on CPU)",
+            model=dict(n_layers=4, d_model=128, n_heads=8, d_head=16, d_mlp=512, n_ctx=128),
+            train=dict(steps=2000, batch_size=32, lr=3e-2, weight_frac=0.125, embed_frac=0.25,
+                       val_every=250, ckpt_every=250),
+            data=dict(vocab_size=1024),
         ),
         Preset(
             "small",

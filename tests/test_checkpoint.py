@@ -80,3 +80,19 @@ def test_run_folder_resolves_to_newest_complete_step(tmp_path):
     ckpt.prune_steps(tmp_path, keep=1)
     assert [p.name for p in ckpt.list_steps(tmp_path)] == ["step-0000020"]
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["step-0000020"]
+
+
+def test_export_float16_drops_train_state_and_loads_close(tmp_path):
+    # no AbsTopK here: fp16 rounding can flip which entries are in the top fraction (a discrete change)
+    model = tiny_model(act_sparsity_sites=())
+    src = save_checkpoint(tmp_path / "c", model, meta={"step": 5}, tokenizer_json="{}",
+                          train_state={"rng.torch": torch.get_rng_state()})
+    out = ckpt.export_checkpoint(src, tmp_path / "e", dtype="float16")
+    assert not (out / "train_state.safetensors").exists()
+    assert load_file(str(out / "model.safetensors"))["W_E"].dtype == torch.float16
+    loaded = load_checkpoint(out)
+    assert loaded.meta["stored_dtype"] == "float16" and loaded.meta["step"] == 5
+    assert next(loaded.model.parameters()).dtype == torch.float32
+    torch.testing.assert_close(loaded.model(tokens()), model(tokens()), atol=2e-2, rtol=2e-2)
+    with pytest.raises(CheckpointError, match="dtype must be one of"):
+        ckpt.export_checkpoint(src, tmp_path / "f", dtype="int8")
