@@ -70,6 +70,7 @@ def collect(args: argparse.Namespace, cls: type, preset: dict[str, Any]) -> Any:
 
 def build_parser() -> argparse.ArgumentParser:
     from sparsecircuits.data.corpus import DataConfig
+    from sparsecircuits.discover.prune import PruneConfig
     from sparsecircuits.model.config import ModelConfig
     from sparsecircuits.train import TrainConfig
 
@@ -93,6 +94,29 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, required=True, help="folder to write")
     e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="storage precision of the weights (default: float32)")
+    q = sub.add_parser("quickstart", help="the main job: task circuits in a shipped sparse model vs its dense twin")
+    q.add_argument("--out", type=Path, default=Path("quickstart-report"), help="report folder")
+    q.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=False,
+                   help="train both models from scratch (preset quickstart, ~25 min each on CPU) instead of the shipped ones")
+    q.add_argument("--tasks", nargs="*", default=None, help="tasks to run (default: all)")
+    q.add_argument("--n-examples", type=int, default=256, help="examples per task (half train, half held out)")
+    q.add_argument("--cache-dir", type=Path, default=None, help="cache (default: $SPARSECIRCUITS_CACHE or ~/.cache/sparsecircuits)")
+    add_config_flags(q, PruneConfig, "pruning")
+    pr = sub.add_parser("prune", help="prune a task circuit in a checkpoint (Gao et al. learned masks)")
+    pr.add_argument("checkpoint", type=Path, help="checkpoint folder or run folder")
+    src = pr.add_mutually_exclusive_group(required=True)
+    src.add_argument("--task", help="a built-in task (see `sparsecircuits tasks`)")
+    src.add_argument("--task-file", type=Path, help="a JSONL task: prompt, correct, incorrect[, counterfactual]")
+    pr.add_argument("--out", type=Path, required=True, help="circuit JSON to write")
+    pr.add_argument("--n-examples", type=int, default=256, help="examples of a built-in task")
+    pr.add_argument("--cache-dir", type=Path, default=None, help="cache for tokens and mean activations")
+    add_config_flags(pr, PruneConfig, "pruning")
+    c = sub.add_parser("compare", help="circuit sizes of a sparse model vs its dense twin, per task")
+    c.add_argument("sparse", type=Path, help="folder of the sparse model's circuit JSONs")
+    c.add_argument("dense", type=Path, help="folder of the dense model's circuit JSONs")
+    t = sub.add_parser("tasks", help="list the tasks; with a checkpoint, evaluate it on each")
+    t.add_argument("checkpoint", type=Path, nargs="?", default=None, help="checkpoint to evaluate")
+    t.add_argument("--n-examples", type=int, default=256, help="examples per task")
     return parser
 
 
@@ -146,7 +170,17 @@ def cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "info": cmd_info, "export": cmd_export}
+def _circuit_command(name: str):  # noqa: ANN202
+    def run(args: argparse.Namespace) -> int:
+        from sparsecircuits import cli_circuits
+
+        return getattr(cli_circuits, f"cmd_{name}")(args, console)
+
+    return run
+
+
+COMMANDS = {"train": cmd_train, "info": cmd_info, "export": cmd_export,
+            **{n: _circuit_command(n) for n in ("quickstart", "prune", "compare", "tasks")}}
 
 
 def main(argv: list[str] | None = None) -> int:

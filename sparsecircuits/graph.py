@@ -111,3 +111,52 @@ def node_iou(a: Circuit, b: Circuit) -> float:
     """Intersection over union of two circuits' node sets (1.0 for two empty circuits)."""
     sa, sb = a.node_ids, b.node_ids
     return 1.0 if not sa | sb else len(sa & sb) / len(sa | sb)
+
+
+@dataclass
+class SizeRow:
+    task: str
+    sparse_nodes: int
+    sparse_edges: int
+    dense_nodes: int
+    dense_edges: int
+
+    @property
+    def edge_ratio(self) -> float:
+        """Dense edges per sparse edge (how many times smaller the sparse circuit is)."""
+        return self.dense_edges / max(self.sparse_edges, 1)
+
+
+def geometric_mean(values: list[float]) -> float:
+    """Geometric mean of positive values (0 for an empty list); zeros count as 1 (an empty circuit)."""
+    import math
+
+    if not values:
+        return 0.0
+    return math.exp(sum(math.log(max(v, 1.0)) for v in values) / len(values))
+
+
+def compare_sizes(sparse: dict[str, Circuit], dense: dict[str, Circuit]) -> list[SizeRow]:
+    """Per-task circuit sizes of a sparse and a dense model, for the tasks both have a circuit for."""
+    rows = []
+    for task in sorted(set(sparse) & set(dense)):
+        s, d = sparse[task], dense[task]
+        rows.append(SizeRow(task, _n_channel_nodes(s), len(s.edges), _n_channel_nodes(d), len(d.edges)))
+    return rows
+
+
+def _n_channel_nodes(c: Circuit) -> int:
+    """Nodes chosen by the method (embedding and logit endpoints are not counted)."""
+    return sum(1 for n in c.nodes if n.kind not in ("embed", "logit"))
+
+
+def load_circuit_dir(folder: Path) -> dict[str, Circuit]:
+    """Every `*.json` circuit of a folder, keyed by its task (metadata 'task', else the file stem)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"circuit folder {str(folder)!r} does not exist")
+    out = {}
+    for f in sorted(folder.glob("*.json")):
+        c = Circuit.load(f)
+        out[str(c.metadata.get("task", f.stem))] = c
+    return out

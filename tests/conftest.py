@@ -41,3 +41,21 @@ def small_corpus(tmp_path_factory) -> Path:
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(f, dest)
     return root
+
+
+@pytest.fixture(scope="session")
+def stdlib_tokenizers():
+    """Byte-level BPEs of 2048 and 1024 tokens trained on the first ~4 MB of stdlib files in the
+    pipeline's deterministic `sample_order` (as `data.batches` samples tokenizer text): real-looking
+    tokenizers for the task tests, trained in about two seconds."""
+    from sparsecircuits.data.corpus import sample_order, stdlib_files
+    from sparsecircuits.data.tokenizer import train_tokenizer
+
+    root = stdlib_dir()
+    texts, total = [], 0
+    for path in sorted(stdlib_files(), key=lambda p: sample_order(p.relative_to(root).as_posix())):
+        if total >= 4_000_000:
+            break
+        texts.append(path.read_text(encoding="utf-8"))
+        total += len(texts[-1].encode())
+    return {vocab: train_tokenizer(texts, vocab) for vocab in (2048, 1024)}

@@ -28,12 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparsecircuits.ablation import BASELINES, NodeSite, counterfactual_baselines, masked_hooks, prune_sites
+from sparsecircuits.ablation import BASELINES, NodeSite, prune_sites
 from sparsecircuits.config_utils import opt
 from sparsecircuits.discover.weight_edges import circuit_edges
+from sparsecircuits.evaluate import Evaluation, MaskedTask
 from sparsecircuits.graph import Circuit, Node
 from sparsecircuits.model.transformer import Transformer
-from sparsecircuits.tasks.base import TaskData, last_logits, logit_diff, task_loss
+from sparsecircuits.tasks.base import TaskData, task_loss
 
 
 @dataclass
@@ -79,76 +80,6 @@ class _HeavisideSTE(torch.autograd.Function):
         return grad * s * (1 - s) / ctx.temperature, None
 
 
-@dataclass
-class Evaluation:
-    loss: float  # task BCE, nats
-    accuracy: float  # fraction with logit(correct) > logit(incorrect)
-    logit_diff: float  # mean metric
-
-
-class MaskedTask:
-    """A model, a task's data and a baseline: evaluates the task under node masks."""
-
-    def __init__(self, model: Transformer, data: TaskData, baseline: str, means: dict[str, Tensor] | None,
-                 sites: list[NodeSite]) -> None:
-        self.model, self.data, self.sites = model, data, sites
-        hooks = [s.hook for s in sites]
-        if baseline == "mean":
-            if means is None:
-                raise ValueError("mean ablation needs mean activations (ablation.cached_means)")
-            self.base: dict[str, Tensor] | None = {h: means[h] for h in hooks}
-            self.per_example = False
-        elif baseline == "counterfactual":
-            if data.cf_tokens is None:
-                raise ValueError(f"task {data.name!r} has no counterfactual prompts for counterfactual ablation")
-            self.base = counterfactual_baselines(model, data.cf_tokens, hooks)
-            self.per_example = True
-        else:
-            self.base, self.per_example = None, False
-
-    def diff(self, masks: dict[str, Tensor], idx: Tensor | None = None) -> Tensor:
-        """Per-example logit differences under masks (all examples, or the rows `idx`)."""
-        d = self.data if idx is None else self.data.subset(idx)
-        base = self.base
-        if self.per_example and base is not None and idx is not None:
-            base = {h: v[idx] for h, v in base.items()}
-        with self.model.hooks(masked_hooks(masks, base)):
-            logits = self.model(d.tokens)
-        return logit_diff(last_logits(logits, d.lengths), d)
-
-    @torch.no_grad()
-    def evaluate(self, masks: dict[str, Tensor], calibrate: bool = False) -> Evaluation:
-        diff = self.diff(masks)
-        if calibrate:
-            diff = calibrated(diff, self.data)
-        return Evaluation(float(task_loss(diff)), float((diff > 0).float().mean()), float(diff.mean()))
-
-
-def calibrated(diff: Tensor, data: TaskData, steps: int = 16) -> Tensor:
-    """Logit differences after fitting a scale and a per-answer-token shift (Gao et al.'s calibration).
-
-    With logits' = a * logits + b[token], the difference becomes a * diff + b[correct] - b[incorrect].
-    """
-    tokens = torch.unique(torch.cat([data.correct, data.incorrect]))
-    pos = {int(t): i for i, t in enumerate(tokens)}
-    ci = torch.tensor([pos[int(t)] for t in data.correct])
-    ii = torch.tensor([pos[int(t)] for t in data.incorrect])
-    a = torch.ones((), requires_grad=True)
-    b = torch.zeros(len(tokens), requires_grad=True)
-    lbfgs = torch.optim.LBFGS([a, b], max_iter=steps, line_search_fn="strong_wolfe")
-    d = diff.detach()
-
-    def closure() -> Tensor:
-        lbfgs.zero_grad()
-        loss = task_loss(a * d + b[ci] - b[ii])
-        loss.backward()
-        return loss
-
-    with torch.enable_grad():
-        lbfgs.step(closure)
-    return (a * d + b[ci] - b[ii]).detach()
-
-
 def _masks_from_flat(flat: Tensor, sites: list[NodeSite]) -> dict[str, Tensor]:
     out, start = {}, 0
     for s in sites:
@@ -177,7 +108,7 @@ def train_gates(task: MaskedTask, cfg: PruneConfig, on_step: Any = None) -> Tens
         with torch.no_grad():
             tau.clamp_(-1.0, 1.0)
         if on_step is not None:
-            on_step(step + 1, cfg.steps, float(loss), int((tau > 0).sum()))
+            on_step(step + 1, cfg.steps, float(loss.detach()), int((tau > 0).sum()))
     return tau.detach()
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -139,7 +140,11 @@ def _check_example(ex: Example, tok: Tokenizer, n_ctx: int, single: bool) -> tup
         cf_ids = tok.encode(ex.counterfactual, add_special_tokens=False).ids
         if len(cf_ids) != len(p_ids):
             raise TaskError(f"the counterfactual prompt is {len(cf_ids)} tokens, the prompt {len(p_ids)}")
-        if _answer_id(tok, cf_ids, ex.counterfactual, ex.incorrect, single) != i:
+        try:
+            cf_answer = _answer_id(tok, cf_ids, ex.counterfactual, ex.incorrect, single)
+        except TaskError as e:  # say that it is the counterfactual that does not fit
+            raise TaskError(f"counterfactual: {e}") from None
+        if cf_answer != i:
             raise TaskError("the counterfactual prompt's answer token differs from the incorrect answer token")
     return p_ids, c, i, cf_ids
 
@@ -170,7 +175,9 @@ def tokenize_task(
             cf[j, : len(c)] = torch.tensor(c)
     correct = torch.tensor([r[1] for r in rows])
     incorrect = torch.tensor([r[2] for r in rows])
-    common = (tok.decode([int(correct.mode().values)]), tok.decode([int(incorrect.mode().values)]))
+    # the most common *pair*: separate modes can show the same token twice (e.g. ' e' vs ' e')
+    (c_id, i_id), _ = Counter(zip(correct.tolist(), incorrect.tolist())).most_common(1)[0]
+    common = (tok.decode([c_id]), tok.decode([i_id]))
     return TaskData(name, kept, tokens, torch.tensor([len(r[0]) for r in rows]), correct, incorrect, cf,
                     common, len(examples) - len(rows))
 
@@ -209,8 +216,16 @@ def read_jsonl_task(path: Path) -> list[Example]:
 
 
 def load_jsonl_task(path: Path, tok: Tokenizer, n_ctx: int) -> TaskData:
-    """A user task from JSONL, validated strictly: answers must be single tokens in context."""
-    return tokenize_task(Path(path).stem, read_jsonl_task(path), tok, n_ctx, strict=True, single_token=True)
+    """A user task from JSONL, validated strictly: answers must be single tokens in context. Errors
+    name the file and line of the bad example."""
+    examples = read_jsonl_task(path)
+    lines = [n for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
+    for line, ex in zip(lines, examples):
+        try:
+            _check_example(ex, tok, n_ctx, single=True)
+        except TaskError as e:
+            raise TaskError(f"{path}:{line} (prompt {ex.prompt[-60:]!r}): {e}") from None
+    return tokenize_task(Path(path).stem, examples, tok, n_ctx, strict=True, single_token=True)
 
 
 def last_logits(logits: Float[Tensor, "n pos vocab"], lengths: Int[Tensor, " n"]) -> Float[Tensor, "n vocab"]:

@@ -1,0 +1,96 @@
+"""Evaluating a model on a task, with or without node masks: the one measurement every method's
+circuit is checked with (DESIGN.md: "every evaluation runs the model under masks").
+
+`MaskedTask` binds a model, a task's data and a baseline (mean / zero / counterfactual, see
+`ablation.py`) and returns per-example logit differences or an `Evaluation` (task loss, accuracy,
+mean logit difference) under any set of masks. `calibrated` applies Gao et al.'s logit scale-and-shift
+calibration to a set of logit differences.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from sparsecircuits.ablation import NodeSite, counterfactual_baselines, masked_hooks
+from sparsecircuits.model.transformer import Transformer
+from sparsecircuits.tasks.base import TaskData, last_logits, logit_diff, task_loss
+
+
+@dataclass
+class Evaluation:
+    loss: float  # task BCE, nats
+    accuracy: float  # fraction with logit(correct) > logit(incorrect)
+    logit_diff: float  # mean metric
+
+
+class MaskedTask:
+    """A model, a task's data and a baseline: evaluates the task under node masks."""
+
+    def __init__(self, model: Transformer, data: TaskData, baseline: str, means: dict[str, Tensor] | None,
+                 sites: list[NodeSite]) -> None:
+        self.model, self.data, self.sites = model, data, sites
+        hooks = [s.hook for s in sites]
+        if baseline == "mean":
+            if means is None:
+                raise ValueError("mean ablation needs mean activations (ablation.cached_means)")
+            self.base: dict[str, Tensor] | None = {h: means[h] for h in hooks}
+            self.per_example = False
+        elif baseline == "counterfactual":
+            if data.cf_tokens is None:
+                raise ValueError(f"task {data.name!r} has no counterfactual prompts for counterfactual ablation")
+            self.base = counterfactual_baselines(model, data.cf_tokens, hooks)
+            self.per_example = True
+        else:
+            self.base, self.per_example = None, False
+
+    def diff(self, masks: dict[str, Tensor], idx: Tensor | None = None) -> Tensor:
+        """Per-example logit differences under masks (all examples, or the rows `idx`)."""
+        d = self.data if idx is None else self.data.subset(idx)
+        base = self.base
+        if self.per_example and base is not None and idx is not None:
+            base = {h: v[idx] for h, v in base.items()}
+        with self.model.hooks(masked_hooks(masks, base)):
+            logits = self.model(d.tokens)
+        return logit_diff(last_logits(logits, d.lengths), d)
+
+    @torch.no_grad()
+    def evaluate(self, masks: dict[str, Tensor], calibrate: bool = False) -> Evaluation:
+        diff = self.diff(masks)
+        if calibrate:
+            diff = calibrated(diff, self.data)
+        return Evaluation(float(task_loss(diff)), float((diff > 0).float().mean()), float(diff.mean()))
+
+
+def calibrated(diff: Tensor, data: TaskData, steps: int = 16) -> Tensor:
+    """Logit differences after fitting a scale and a per-answer-token shift (Gao et al.'s calibration).
+
+    With logits' = a * logits + b[token], the difference becomes a * diff + b[correct] - b[incorrect].
+    """
+    tokens = torch.unique(torch.cat([data.correct, data.incorrect]))
+    pos = {int(t): i for i, t in enumerate(tokens)}
+    ci = torch.tensor([pos[int(t)] for t in data.correct])
+    ii = torch.tensor([pos[int(t)] for t in data.incorrect])
+    a = torch.ones((), requires_grad=True)
+    b = torch.zeros(len(tokens), requires_grad=True)
+    lbfgs = torch.optim.LBFGS([a, b], max_iter=steps, line_search_fn="strong_wolfe")
+    d = diff.detach()
+
+    def closure() -> Tensor:
+        lbfgs.zero_grad()
+        loss = task_loss(a * d + b[ci] - b[ii])
+        loss.backward()
+        return loss
+
+    with torch.enable_grad():
+        lbfgs.step(closure)
+    return (a * d + b[ci] - b[ii]).detach()
+
+
+@torch.no_grad()
+def evaluate_task(model: Transformer, data: TaskData) -> Evaluation:
+    """The full model on a task: loss, accuracy and mean logit difference."""
+    diff = logit_diff(last_logits(model(data.tokens), data.lengths), data)
+    return Evaluation(float(task_loss(diff)), float((diff > 0).float().mean()), float(diff.mean()))

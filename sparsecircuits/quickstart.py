@@ -1,0 +1,148 @@
+"""The main job: task circuits in a shipped weight-sparse model and its dense twin (Gao et al. 2025).
+
+`run_quickstart` steps:
+  1. load the sparse model and its dense twin (shipped with the package under `assets/quickstart/`,
+     or any two checkpoints) and check they share a tokenizer and shapes;
+  2. tokenize the pretraining corpus recorded in the sparse model's metadata (the stdlib; cached)
+     and compute each model's mean activations over it (the pruning baseline; cached);
+  3. evaluate every registered task on both models (accuracy, task loss);
+  4. for each task the sparse model solves (accuracy >= `solve_threshold`), prune a circuit in both
+     models with the same `PruneConfig` and save them as `circuits/{sparse,dense}/<task>.json`;
+  5. return a `QuickstartReport` (and write `report.json`): per task accuracy, loss, circuit nodes
+     and edges in both models and the dense/sparse edge ratio, with the geometric mean over tasks.
+The library never prints: progress goes to an `on_event(message)` callback.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sparsecircuits.ablation import cached_means
+from sparsecircuits.atomic import atomic_write_text
+from sparsecircuits.checkpoint import Checkpoint, CheckpointError, load_checkpoint
+from sparsecircuits.data.batches import prepare_data
+from sparsecircuits.data.corpus import DataConfig
+from sparsecircuits.data.tokenizer import load_tokenizer
+from sparsecircuits.discover.prune import PruneConfig, prune_task
+from sparsecircuits.evaluate import Evaluation, evaluate_task
+from sparsecircuits.graph import geometric_mean
+from sparsecircuits.tasks.base import TASKS, TaskError, get_task, load_task
+
+ASSETS = Path(__file__).parent / "assets" / "quickstart"
+
+
+@dataclass
+class TaskRow:
+    task: str
+    answers: tuple[str, str]  # typical answer tokens (correct, incorrect)
+    n_examples: int
+    sparse: Evaluation
+    dense: Evaluation
+    solved: bool
+    sparse_circuit: dict[str, Any] | None = None  # n_nodes, n_edges, losses, reached_target, seconds
+    dense_circuit: dict[str, Any] | None = None
+
+
+@dataclass
+class QuickstartReport:
+    sparse_model: str
+    dense_model: str
+    rows: list[TaskRow]
+    geomean_sparse_edges: float
+    geomean_dense_edges: float
+    seconds: float
+    prune_config: dict[str, Any]
+    out_dir: str
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def geomean_ratio(self) -> float:
+        return self.geomean_dense_edges / max(self.geomean_sparse_edges, 1e-9)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "geomean_ratio": self.geomean_ratio}
+
+
+def _load_pair(sparse: Path, dense: Path) -> tuple[Checkpoint, Checkpoint]:
+    s, d = load_checkpoint(sparse), load_checkpoint(dense)
+    if s.tokenizer_path is None or d.tokenizer_path is None:
+        raise CheckpointError("both checkpoints need a tokenizer.json")
+    if s.tokenizer_path.read_text() != d.tokenizer_path.read_text():
+        raise CheckpointError(f"{s.path} and {d.path} have different tokenizers; a twin must share it")
+    if {k: v.shape for k, v in s.model.state_dict().items()} != {k: v.shape for k, v in d.model.state_dict().items()}:
+        raise CheckpointError(f"{s.path} and {d.path} are not twins: their parameter shapes differ")
+    return s, d
+
+
+def run_quickstart(
+    out_dir: Path,
+    cache_dir: Path,
+    sparse_path: Path = ASSETS / "sparse",
+    dense_path: Path = ASSETS / "dense",
+    tasks: list[str] | None = None,
+    prune_cfg: PruneConfig | None = None,
+    n_examples: int = 256,
+    solve_threshold: float = 0.9,
+    on_event: Callable[[str], None] = lambda msg: None,
+) -> QuickstartReport:
+    """See the module docstring."""
+    t0 = time.perf_counter()
+    cfg = prune_cfg or PruneConfig()
+    out_dir = Path(out_dir)
+    s, d = _load_pair(sparse_path, dense_path)
+    tok = load_tokenizer(s.tokenizer_path)  # type: ignore[arg-type]
+    spec_data = s.meta.get("spec", {}).get("data", {})
+    data_cfg = DataConfig(**spec_data) if spec_data else DataConfig(vocab_size=tok.get_vocab_size())
+    on_event("tokenizing the pretraining corpus for mean baselines")
+    corpus = prepare_data(data_cfg, cache_dir, tokenizer=tok)
+    means = {k: cached_means(ck.model, corpus.train, cache_dir) for k, ck in (("sparse", s), ("dense", d))}
+    import sparsecircuits.tasks  # noqa: F401  (registers the built-in tasks)
+
+    names = tasks or sorted(TASKS)
+    rows = []
+    for name in names:
+        get_task(name)
+        try:
+            data = load_task(name, tok, s.model.cfg.n_ctx, n=n_examples)
+        except TaskError as e:
+            on_event(f"skipping {name}: {e}")
+            continue
+        ev_s, ev_d = evaluate_task(s.model, data), evaluate_task(d.model, data)
+        row = TaskRow(name, data.answer_strings, len(data), ev_s, ev_d, ev_s.accuracy >= solve_threshold)
+        on_event(f"{name}: accuracy sparse {ev_s.accuracy:.2f}, dense {ev_d.accuracy:.2f}")
+        if row.solved:
+            for kind, ck in (("sparse", s), ("dense", d)):
+                t1 = time.perf_counter()
+                result = prune_task(ck.model, data, cfg, means=means[kind])
+                result.circuit.metadata["model"] = str(ck.path)
+                result.circuit.save(out_dir / "circuits" / kind / f"{name}.json")
+                md = result.circuit.metadata
+                summary = {k: md[k] for k in ("n_nodes", "n_edges", "losses", "reached_target")}
+                summary["seconds"] = time.perf_counter() - t1
+                setattr(row, f"{kind}_circuit", summary)
+                on_event(f"{name}: {kind} circuit {md['n_nodes']} nodes, {md['n_edges']} edges")
+        rows.append(row)
+    return _finish(rows, s, d, cfg, out_dir, time.perf_counter() - t0)
+
+
+def _finish(rows: list[TaskRow], s: Checkpoint, d: Checkpoint, cfg: PruneConfig, out_dir: Path,
+            seconds: float) -> QuickstartReport:
+    pruned = [r for r in rows if r.sparse_circuit and r.dense_circuit]
+    notes = []
+    if any(r.dense_circuit and not r.dense_circuit["reached_target"] for r in pruned):
+        notes.append("some dense circuits did not reach the target loss: their size is the whole model")
+    report = QuickstartReport(
+        str(s.path), str(d.path), rows,
+        geometric_mean([float(r.sparse_circuit["n_edges"]) for r in pruned]),  # type: ignore[index]
+        geometric_mean([float(r.dense_circuit["n_edges"]) for r in pruned]),  # type: ignore[index]
+        seconds, dataclasses.asdict(cfg), str(out_dir), notes,
+    )
+    atomic_write_text(out_dir / "report.json", json.dumps(report.to_dict(), indent=1))
+    return report
+

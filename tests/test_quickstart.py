@@ -1,0 +1,78 @@
+"""The main job end to end on tiny twins trained in the test: quickstart, prune, compare, tasks."""
+
+import json
+
+import pytest
+
+from sparsecircuits.cli import main
+from sparsecircuits.data.corpus import DataConfig
+from sparsecircuits.discover.prune import PruneConfig
+from sparsecircuits.graph import Circuit
+from sparsecircuits.model import ModelConfig
+from sparsecircuits.quickstart import run_quickstart
+from sparsecircuits.run import RunSpec, train_run
+from sparsecircuits.train import TrainConfig
+
+MODEL = dict(d_model=32, n_layers=1, n_heads=4, d_head=8, d_mlp=64, n_ctx=64, d_vocab=1024)
+
+
+@pytest.fixture(scope="module")
+def twins(small_corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("twins")
+    out = {}
+    for name, dense in (("sparse", False), ("dense", True)):
+        spec = RunSpec(ModelConfig(**MODEL),
+                       TrainConfig(steps=4, batch_size=2, val_batches=1, dense=dense, weight_frac=0.25, embed_frac=0.5),
+                       DataConfig(sources=(str(small_corpus),), vocab_size=1024, tokenizer_sample_mb=1.0))
+        train_run(spec, root / name, root / "cache")
+        out[name] = root / name
+    return out["sparse"], out["dense"], root / "cache"
+
+
+def test_quickstart_pipeline_writes_circuits_and_report(twins, tmp_path):
+    sparse, dense, cache = twins
+    report = run_quickstart(tmp_path / "qs", cache, sparse, dense, tasks=["single_double_quote", "bracket_counting"],
+                            prune_cfg=PruneConfig(steps=5), n_examples=32, solve_threshold=0.0)
+    assert [r.task for r in report.rows] == ["single_double_quote", "bracket_counting"]
+    for r in report.rows:
+        assert r.solved and r.sparse_circuit and r.dense_circuit
+        for kind in ("sparse", "dense"):
+            c = Circuit.load(tmp_path / "qs" / "circuits" / kind / f"{r.task}.json")
+            assert c.metadata["task"] == r.task and c.metadata["n_edges"] == len(c.edges)
+    saved = json.loads((tmp_path / "qs" / "report.json").read_text())
+    assert saved["rows"][0]["task"] == "single_double_quote" and "geomean_ratio" in saved
+    assert main(["compare", str(tmp_path / "qs" / "circuits" / "sparse"), str(tmp_path / "qs" / "circuits" / "dense")]) == 0
+
+
+def test_quickstart_refuses_models_that_are_not_twins(twins, tmp_path, small_corpus):
+    sparse, _, cache = twins
+    spec = RunSpec(ModelConfig(**{**MODEL, "d_mlp": 48}), TrainConfig(steps=2, batch_size=2, val_batches=1),
+                   DataConfig(sources=(str(small_corpus),), vocab_size=1024, tokenizer_sample_mb=1.0))
+    train_run(spec, tmp_path / "other", cache)
+    with pytest.raises(ValueError, match="not twins"):
+        run_quickstart(tmp_path / "qs", cache, sparse, tmp_path / "other", tasks=["single_double_quote"])
+
+
+def test_cli_prune_with_a_jsonl_task(twins, tmp_path, capsys):
+    sparse, _, cache = twins
+    task = tmp_path / "calls.jsonl"
+    lines = [{"prompt": f"x = {name}", "correct": "(", "incorrect": "[", "counterfactual": f"y = {name}"}
+             for name in ("foo", "bar", "spam", "eggs", "value", "items", "name", "data")]
+    task.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    out = tmp_path / "c.json"
+    assert main(["prune", str(sparse), "--task-file", str(task), "--out", str(out), "--steps", "5",
+                 "--cache-dir", str(cache)]) == 0
+    c = Circuit.load(out)
+    assert c.metadata["task"] == "calls" and c.metadata["hyperparameters"]["steps"] == 5
+    # a malformed task file is a clear error, not a traceback
+    task.write_text('{"prompt": "x = foo", "correct": "(("}\n')
+    assert main(["prune", str(sparse), "--task-file", str(task), "--out", str(out), "--cache-dir", str(cache)]) == 2
+    assert "calls.jsonl:1" in " ".join(capsys.readouterr().out.split())
+
+
+def test_cli_tasks_lists_and_evaluates(twins, capsys):
+    sparse, _, _ = twins
+    assert main(["tasks"]) == 0
+    assert "single_double_quote" in capsys.readouterr().out
+    assert main(["tasks", str(sparse), "--n-examples", "16"]) == 0
+    assert "accuracy" in capsys.readouterr().out
