@@ -151,10 +151,11 @@ def _check_example(ex: Example, tok: Tokenizer, n_ctx: int, single: bool) -> tup
 
 def tokenize_task(
     name: str, examples: list[Example], tok: Tokenizer, n_ctx: int, *, strict: bool, single_token: bool = False,
-    pad_id: int = 0,
+    pad_id: int = 0, min_valid: int | None = None,
 ) -> TaskData:
     """Validate and tokenize examples (see the module docstring). `strict` raises on the first bad
-    example; otherwise bad examples are skipped and an error is raised only if more than half are."""
+    example; otherwise bad examples are skipped and an error is raised only if fewer than
+    `min_valid` (default: half of them) fit."""
     rows, kept = [], []
     for n, ex in enumerate(examples):
         try:
@@ -163,8 +164,9 @@ def tokenize_task(
         except TaskError as e:
             if strict:
                 raise TaskError(f"task {name!r}, example {n} (prompt {ex.prompt[-60:]!r}): {e}") from None
-    if not rows or len(rows) * 2 < len(examples):
-        raise TaskError(f"task {name!r}: only {len(rows)} of {len(examples)} examples fit this tokenizer")
+    need = (len(examples) + 1) // 2 if min_valid is None else min_valid
+    if not rows or len(rows) < need:
+        raise TaskError(f"task {name!r}: only {len(rows)} of {len(examples)} examples fit this tokenizer (need {need})")
     has_cf = all(r[3] is not None for r in rows)
     width = max(len(r[0]) for r in rows)
     tokens = torch.full((len(rows), width), pad_id, dtype=torch.long)
@@ -183,9 +185,22 @@ def tokenize_task(
 
 
 def load_task(name: str, tok: Tokenizer, n_ctx: int, n: int = 256, seed: int = 0) -> TaskData:
-    """A built-in task's examples, generated from `seed` and tokenized (bad examples skipped)."""
+    """`n` examples of a built-in task that fit this tokenizer, deterministic in `seed`.
+
+    Generators do not see the tokenizer (a name may be one token in one BPE and two in another), so
+    up to 3n distinct candidates are drawn and the first n that pass validation are kept; fewer than
+    n/2 valid is an error.
+    """
     spec = get_task(name)
-    return tokenize_task(name, spec.examples(n, seed), tok, n_ctx, strict=False, single_token=spec.single_token)
+    try:
+        candidates = spec.examples(3 * n, seed)
+    except TaskError:  # a task with fewer distinct examples: use what n gives
+        candidates = spec.examples(n, seed)
+    data = tokenize_task(name, candidates, tok, n_ctx, strict=False, single_token=spec.single_token,
+                         min_valid=max(1, n // 2))
+    if len(data) > n:
+        data = data.subset(slice(0, n))
+    return data
 
 
 def read_jsonl_task(path: Path) -> list[Example]:
