@@ -26,10 +26,8 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from sparsecircuits.ablation import cached_means
+from sparsecircuits.ablation import checkpoint_means
 from sparsecircuits.checkpoint import load_checkpoint
-from sparsecircuits.data.batches import prepare_data
-from sparsecircuits.data.corpus import DataConfig
 from sparsecircuits.data.tokenizer import load_tokenizer
 from sparsecircuits.discover.prune import PruneConfig, prune_task
 from sparsecircuits.quickstart import ASSETS, run_quickstart
@@ -39,8 +37,7 @@ from sparsecircuits.tasks.base import load_task
 def time_prune(path: Path, task: str, cache: Path) -> dict:
     ck = load_checkpoint(path)
     tok = load_tokenizer(ck.tokenizer_path)
-    corpus = prepare_data(DataConfig(**ck.meta["spec"]["data"]), cache, tok)
-    means = cached_means(ck.model, corpus.train, cache)
+    means = checkpoint_means(ck.model, ck.meta, tok, cache)
     data = load_task(task, tok, ck.model.cfg.n_ctx)
     t0 = time.perf_counter()
     result = prune_task(ck.model, data, PruneConfig(), means)

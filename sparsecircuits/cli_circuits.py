@@ -68,11 +68,9 @@ def _retrain(args: argparse.Namespace, console: Console) -> tuple[Path, Path]:
 
 
 def cmd_prune(args: argparse.Namespace, console: Console) -> int:
-    from sparsecircuits.ablation import cached_means
+    from sparsecircuits.ablation import checkpoint_means
     from sparsecircuits.checkpoint import load_checkpoint
     from sparsecircuits.cli import collect
-    from sparsecircuits.data.batches import prepare_data
-    from sparsecircuits.data.corpus import DataConfig
     from sparsecircuits.data.tokenizer import load_tokenizer
     from sparsecircuits.discover.prune import PruneConfig, prune_task
     from sparsecircuits.tasks.base import load_jsonl_task, load_task
@@ -84,11 +82,7 @@ def cmd_prune(args: argparse.Namespace, console: Console) -> int:
     tok = load_tokenizer(ck.tokenizer_path)
     n_ctx = ck.model.cfg.n_ctx
     data = load_jsonl_task(args.task_file, tok, n_ctx) if args.task_file else load_task(args.task, tok, n_ctx, args.n_examples)
-    means = None
-    if cfg.baseline == "mean":
-        spec = ck.meta.get("spec", {}).get("data")
-        corpus = prepare_data(DataConfig(**spec) if spec else DataConfig(vocab_size=tok.get_vocab_size()), _cache(args), tok)
-        means = cached_means(ck.model, corpus.train, _cache(args))
+    means = checkpoint_means(ck.model, ck.meta, tok, _cache(args)) if cfg.baseline == "mean" else None
     t0 = time.perf_counter()
     with console.status(f"pruning {data.name}") as status:
         result = prune_task(ck.model, data, cfg, means,

@@ -23,11 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sparsecircuits.ablation import cached_means
+from sparsecircuits.ablation import checkpoint_means
 from sparsecircuits.atomic import atomic_write_text
 from sparsecircuits.checkpoint import Checkpoint, CheckpointError, load_checkpoint
-from sparsecircuits.data.batches import prepare_data
-from sparsecircuits.data.corpus import DataConfig
 from sparsecircuits.data.tokenizer import load_tokenizer
 from sparsecircuits.discover.prune import PruneConfig, prune_task
 from sparsecircuits.evaluate import Evaluation, evaluate_task
@@ -97,11 +95,8 @@ def run_quickstart(
     out_dir = Path(out_dir)
     s, d = _load_pair(sparse_path, dense_path)
     tok = load_tokenizer(s.tokenizer_path)  # type: ignore[arg-type]
-    spec_data = s.meta.get("spec", {}).get("data", {})
-    data_cfg = DataConfig(**spec_data) if spec_data else DataConfig(vocab_size=tok.get_vocab_size())
-    on_event("tokenizing the pretraining corpus for mean baselines")
-    corpus = prepare_data(data_cfg, cache_dir, tokenizer=tok)
-    means = {k: cached_means(ck.model, corpus.train, cache_dir) for k, ck in (("sparse", s), ("dense", d))}
+    on_event("mean baselines over the pretraining corpus (tokenized and cached on first use)")
+    means = {k: checkpoint_means(ck.model, ck.meta, tok, cache_dir) for k, ck in (("sparse", s), ("dense", d))}
     import sparsecircuits.tasks  # noqa: F401  (registers the built-in tasks)
 
     names = tasks or sorted(TASKS)
