@@ -87,6 +87,7 @@ def save_checkpoint(
             save_file({k: v.detach().to("cpu").contiguous() for k, v in train_state.items()}, str(tmp / TRAIN_STATE))
         (tmp / META).write_text(json.dumps(meta or {}, indent=2, sort_keys=True))
         _fsync_dir(tmp)
+        _normal_permissions(tmp)
         old = None
         if path.exists():
             old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -98,6 +99,16 @@ def save_checkpoint(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def _normal_permissions(folder: Path) -> None:
+    """mkdtemp makes 0700 folders (and safetensors may write 0600 files): give the checkpoint the
+    permissions a plainly created folder would have, so other users of a shared install can read it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(folder, 0o777 & ~umask)
+    for f in folder.iterdir():
+        os.chmod(f, 0o666 & ~umask)
 
 
 def _fsync_dir(folder: Path) -> None:

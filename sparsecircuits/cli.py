@@ -100,6 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train both models from scratch (preset quickstart, ~25 min each on CPU) instead of the shipped ones")
     q.add_argument("--tasks", nargs="*", default=None, help="tasks to run (default: all)")
     q.add_argument("--n-examples", type=int, default=256, help="examples per task (half train, half held out)")
+    q.add_argument("--solve-threshold", type=float, default=0.9,
+                   help="accuracy of the sparse model from which a task counts as solved and is pruned")
     q.add_argument("--cache-dir", type=Path, default=None, help="cache (default: $SPARSECIRCUITS_CACHE or ~/.cache/sparsecircuits)")
     add_config_flags(q, PruneConfig, "pruning")
     pr = sub.add_parser("prune", help="prune a task circuit in a checkpoint (Gao et al. learned masks)")
