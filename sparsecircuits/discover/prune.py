@@ -52,6 +52,8 @@ class PruneConfig:
     target_loss: float = opt(0.15, "task loss (nats) the discretised circuit must reach")
     baseline: str = opt("mean", f"value of pruned nodes: {' | '.join(BASELINES)}")
     calibrate: bool = opt(False, "fit a logit scale and per-answer shift (16 LBFGS steps) when evaluating")
+    effect_examples: int = opt(32, "held-out examples used for each node's single-ablation effect")
+    max_effect_nodes: int = opt(512, "compute node effects (one forward per node) only for circuits up to this size")
     seed: int = opt(0, "seed of the gate initialisation and batch order")
 
     def __post_init__(self) -> None:
@@ -210,7 +212,10 @@ def prune_task(
         flat_on = torch.zeros(len(tau))
         flat_on[order[: bis.k]] = 1.0
         nodes = kept_nodes(flat_on, sites)
-        scores = node_effects(held, flat_on)
+        scores: dict[str, float] = {}
+        if bis.k <= cfg.max_effect_nodes:
+            few = MaskedTask(model, data.subset(eval_idx[: cfg.effect_examples]), cfg.baseline, means, sites)
+            scores = node_effects(few, flat_on)
         ones = {s.hook: torch.ones(s.shape) for s in sites}
         zeros = {s.hook: torch.zeros(s.shape) for s in sites}
         full, empty = held.evaluate(ones, cfg.calibrate), held.evaluate(zeros, cfg.calibrate)
@@ -226,6 +231,8 @@ def prune_task(
         "n_nodes": len(nodes),
         "n_edges": len(edges),
         "reached_target": bis.reached,
+        "node_effects": "single-node ablation from the circuit, mean logit difference"
+        if scores else f"not computed: circuit larger than max_effect_nodes={cfg.max_effect_nodes}",
         "losses": {"circuit": circ.loss, "full": full.loss, "empty": empty.loss},
         "accuracy": {"circuit": circ.accuracy, "full": full.accuracy, "empty": empty.accuracy},
         "logit_diff": {"circuit": circ.logit_diff, "full": full.logit_diff, "empty": empty.logit_diff},
