@@ -95,6 +95,11 @@ def _expect_tokens(name: str, ex: Example, c: str, i: str) -> bool:
         return {c[:2], i[:2]} == {".", " +"}
     if name == "dict_or_list":
         return {c, i} == {"[", "."}
+    if name == "dict_or_set_display":
+        return (c, i) == ((":", ",") if ex.correct.startswith(":") else (",", ":"))
+    if name == "block_colon":  # `:` (or `):`) against a newline (or `)`)
+        colon = ex.correct.lstrip(")").startswith(":")
+        return (":" in c) == colon and (":" in i) != colon
     # recall tasks: the answer token starts the bound name (after an optional space)
     return ex.correct.lstrip().startswith(c.lstrip()) and c.strip() and i.strip()
 
@@ -165,6 +170,8 @@ RULES = {
     "with_as_recall": _bound(r"with .* as (\w+):"),
     "comprehension_var": _comprehension,
     "kwarg_name_recall": _bound(r"\*, (\w+)="),
+    "block_colon": lambda p, a: a.lstrip(")").startswith(":") == (p.rsplit("\n", 1)[-1].split()[0] in ("if", "while")),
+    "dict_or_set_display": lambda p, a: a.startswith(":") == (":" in p.rsplit("{", 1)[-1].split(",")[0]),
 }
 
 
@@ -193,7 +200,7 @@ def _compiles(code: str) -> str:
 
 def _incorrect_is_a_syntax_error(name: str, ex: Example) -> bool:
     """Where the task's docstring says the incorrect continuation is a syntax error."""
-    if name in ("single_double_quote", "bracket_counting", "bracket_type"):
+    if name in ("single_double_quote", "bracket_counting", "bracket_type", "block_colon", "dict_or_set_display"):
         return True
     if name == "paren_counting":
         return ex.correct == ")\n"  # `))` with one call open
