@@ -57,6 +57,25 @@ class MaskedTask:
         return logit_diff(last_logits(logits, d.lengths), d)
 
     @torch.no_grad()
+    def diff_stacked(self, masks: dict[str, Tensor]) -> Tensor:
+        """Logit differences of every example under each of c mask sets, in one batched forward.
+
+        `masks[hook]` has a leading dim c (one mask set per row); returns [c, n_examples]. Used to
+        ablate many single nodes at once: c copies of the examples, each with its own masks."""
+        c = next(iter(masks.values())).shape[0]
+        d, n = self.data, len(self.data)
+        tiled = {h: m.repeat_interleave(n, 0).unsqueeze(1) for h, m in masks.items()}  # [c*n, 1, *shape]
+        base = self.base
+        if self.per_example and base is not None:
+            base = {h: v.repeat(c, *([1] * (v.dim() - 1))) for h, v in base.items()}
+        with self.model.hooks(masked_hooks(tiled, base)):
+            logits = self.model(d.tokens.repeat(c, 1))
+        last = last_logits(logits, d.lengths.repeat(c))
+        rows = torch.arange(c * n)
+        diff = last[rows, d.correct.repeat(c)] - last[rows, d.incorrect.repeat(c)]
+        return diff.view(c, n)
+
+    @torch.no_grad()
     def evaluate(self, masks: dict[str, Tensor], calibrate: bool = False) -> Evaluation:
         diff = self.diff(masks)
         if calibrate:

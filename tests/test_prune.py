@@ -119,3 +119,24 @@ def test_prune_config_validation():
         PruneConfig(baseline="median")
     with pytest.raises(ValueError, match="PruneConfig.steps"):
         PruneConfig(steps=0)
+
+
+@pytest.mark.parametrize("baseline", ["mean", "zero", "counterfactual"])
+def test_batched_node_effects_equal_one_ablation_at_a_time(setup, baseline):
+    from sparsecircuits.discover.prune import _masks_from_flat, node_effects
+
+    model, data, means = setup
+    sites = prune_sites(model)
+    task = MaskedTask(model, data.subset(slice(0, 12)), baseline, means, sites)
+    n = sum(s.size for s in sites)
+    flat_on = (torch.rand(n, generator=torch.Generator().manual_seed(3)) < 0.6).float()
+    got = node_effects(task, flat_on, max_rows=40)  # several chunks, the last one partial
+    kept = torch.nonzero(flat_on).flatten().tolist()
+    assert len(got) == len(kept)
+    with torch.no_grad():
+        base = float(task.diff(_masks_from_flat(flat_on, sites)).mean())
+        for (node_id, value), i in zip(got.items(), kept):
+            off = flat_on.clone()
+            off[i] = 0.0
+            want = base - float(task.diff(_masks_from_flat(off, sites)).mean())
+            assert value == pytest.approx(want, abs=1e-5), node_id

@@ -9,11 +9,12 @@ Nodes are the scalar channels of the eight sites per layer (`ablation.prune_site
      baseline (mean over pretraining data by default, zero, or the counterfactual activation);
      loss = task BCE + k_coef * (number of active nodes); AdamW with gradient clipping and linear lr
      decay; tau clamped to [-1, 1];
-  3. discretise: order nodes by tau, and bisect on k for the smallest circuit of the top-k nodes
+  3. discretise: order nodes by tau (averaged over the second half of training, ties -- e.g. nodes
+     pinned at the +1 clamp -- broken by accumulated task-loss gradient), and bisect on k for the smallest circuit of the top-k nodes
      whose task loss on held-out examples is <= target_loss (default 0.15 nats); optionally with a
      logit scale + per-answer-token shift fitted by 16 LBFGS steps ("calibration");
   4. report the circuit: nodes with their single-node ablation effect (metric(circuit) - metric(circuit
-     without the node), mean logit difference), edges = nonzero weights between kept nodes plus the
+     without the node), mean logit difference; exact, many nodes per batched forward), edges = nonzero weights between kept nodes plus the
      residual identities (`weight_edges.circuit_edges`), and the losses of the circuit, the full
      model and the empty circuit, the bisection trace and the hyperparameters.
 """
@@ -90,13 +91,30 @@ def _masks_from_flat(flat: Tensor, sites: list[NodeSite]) -> dict[str, Tensor]:
     return out
 
 
-def train_gates(task: MaskedTask, cfg: PruneConfig, on_step: Any = None) -> Tensor:
-    """Steps 1-2: optimise one gate per node; returns the flat tau vector (nodes in site order)."""
+@dataclass
+class Gates:
+    """The outcome of gate training: final gates and the statistics that order nodes for bisection."""
+
+    tau: Tensor  # final gate parameters, flat in site order
+    tau_avg: Tensor  # mean of tau over the second half of training
+    importance: Tensor  # sum over steps of -d(task loss)/d(gate): how much keeping the node helped
+
+    def order(self) -> Tensor:
+        """Nodes from most to least kept: by tau averaged over the second half of training (a node held
+        at the +1 clamp throughout ranks above one that got there late), ties (e.g. all nodes pinned at
+        +1) broken by accumulated importance, not by site order."""
+        by_importance = torch.argsort(self.importance, descending=True, stable=True)
+        return by_importance[torch.argsort(self.tau_avg[by_importance], descending=True, stable=True)]
+
+
+def train_gates(task: MaskedTask, cfg: PruneConfig, on_step: Any = None) -> Gates:
+    """Steps 1-2: optimise one gate per node (nodes in site order)."""
     g = torch.Generator().manual_seed(cfg.seed)
     n_nodes = sum(s.size for s in task.sites)
     tau = (cfg.init_mean + cfg.init_std * torch.randn(n_nodes, generator=g)).requires_grad_(True)
     opt_ = torch.optim.AdamW([tau], lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: max(0.0, 1 - s / cfg.steps))
+    tau_sum, importance, n_avg = torch.zeros(n_nodes), torch.zeros(n_nodes), 0
     for step in range(cfg.steps):
         pick = torch.randint(len(task.data), (min(cfg.batch_size, len(task.data)),), generator=g)
         gate = _HeavisideSTE.apply(tau, cfg.temperature)
@@ -104,14 +122,20 @@ def train_gates(task: MaskedTask, cfg: PruneConfig, on_step: Any = None) -> Tens
         loss = task_loss(diff) + cfg.k_coef * gate.sum()
         opt_.zero_grad()
         loss.backward()
+        with torch.no_grad():  # the penalty's share of the surrogate gradient is k_coef * sigma'(tau/T) / T
+            sig = torch.sigmoid(tau / cfg.temperature)
+            importance -= tau.grad - cfg.k_coef * sig * (1 - sig) / cfg.temperature
         torch.nn.utils.clip_grad_norm_([tau], cfg.grad_clip)
         opt_.step()
         sched.step()
         with torch.no_grad():
             tau.clamp_(-1.0, 1.0)
+            if step >= cfg.steps // 2:
+                tau_sum += tau
+                n_avg += 1
         if on_step is not None:
             on_step(step + 1, cfg.steps, float(loss.detach()), int((tau > 0).sum()))
-    return tau.detach()
+    return Gates(tau.detach(), tau_sum / max(1, n_avg), importance)
 
 
 @dataclass
@@ -160,16 +184,31 @@ def kept_nodes(flat_on: Tensor, sites: list[NodeSite]) -> list[Node]:
 
 
 @torch.no_grad()
-def node_effects(task: MaskedTask, flat_on: Tensor) -> dict[str, float]:
-    """Score of each kept node: mean logit diff of the circuit minus that of the circuit without it."""
+def node_effects(task: MaskedTask, flat_on: Tensor, max_rows: int = 1024) -> dict[str, float]:
+    """Score of each kept node: mean logit diff of the circuit minus that of the circuit without it.
+
+    Exact single-node ablations, several nodes per forward pass (each on its own copy of the
+    examples, at most `max_rows` rows per pass)."""
     base = float(task.diff(_masks_from_flat(flat_on, task.sites)).mean())
-    scores = {}
-    for node_flat in torch.nonzero(flat_on).flatten().tolist():
-        off = flat_on.clone()
-        off[node_flat] = 0.0
-        scores[node_flat] = base - float(task.diff(_masks_from_flat(off, task.sites)).mean())
-    nodes = kept_nodes(flat_on, task.sites)
-    return {n.id: scores[f] for n, f in zip(nodes, torch.nonzero(flat_on).flatten().tolist())}
+    kept = torch.nonzero(flat_on).flatten()
+    chunk = max(1, max_rows // max(1, len(task.data)))
+    effects = []
+    for part in kept.split(chunk):
+        rows = flat_on.repeat(len(part), 1)
+        rows[torch.arange(len(part)), part] = 0.0
+        stacked = {s.hook: m for s, m in zip(task.sites, _masks_from_rows(rows, task.sites))}
+        effects.append(base - task.diff_stacked(stacked).mean(1))
+    scores = torch.cat(effects).tolist() if effects else []
+    return {n.id: v for n, v in zip(kept_nodes(flat_on, task.sites), scores)}
+
+
+def _masks_from_rows(rows: Tensor, sites: list[NodeSite]) -> list[Tensor]:
+    """[c, n_nodes] flat masks -> one [c, *shape] mask per site."""
+    out, start = [], 0
+    for s in sites:
+        out.append(rows[:, start : start + s.size].reshape(len(rows), *s.shape))
+        start += s.size
+    return out
 
 
 def split_indices(n: int, seed: int, eval_frac: float = 0.5) -> tuple[Tensor, Tensor]:
@@ -182,7 +221,7 @@ def split_indices(n: int, seed: int, eval_frac: float = 0.5) -> tuple[Tensor, Te
 @dataclass
 class PruneResult:
     circuit: Circuit
-    tau: Tensor  # final gate parameters, flat in site order
+    gates: Gates  # final gate parameters and the node order, flat in site order
     bisection: Bisection
     full: Evaluation  # held-out examples, full model
     empty: Evaluation  # held-out examples, every node ablated
@@ -206,10 +245,10 @@ def prune_task(
     try:
         train = MaskedTask(model, data.subset(train_idx), cfg.baseline, means, sites)
         held = MaskedTask(model, data.subset(eval_idx), cfg.baseline, means, sites)
-        tau = train_gates(train, cfg, on_step)
-        order = torch.argsort(tau, descending=True, stable=True)
+        gates = train_gates(train, cfg, on_step)
+        order = gates.order()
         bis = bisect_k(held, order, cfg.target_loss, cfg.calibrate)
-        flat_on = torch.zeros(len(tau))
+        flat_on = torch.zeros(len(order))
         flat_on[order[: bis.k]] = 1.0
         nodes = kept_nodes(flat_on, sites)
         scores: dict[str, float] = {}
@@ -244,4 +283,4 @@ def prune_task(
     }
     metadata = json.loads(json.dumps(metadata))  # JSON-native (lists, not tuples): a reload compares equal
     circuit = Circuit(nodes + extra, edges, scores, metadata)
-    return PruneResult(circuit, tau, bis, full, empty, circ)
+    return PruneResult(circuit, gates, bis, full, empty, circ)
