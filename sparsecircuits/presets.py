@@ -32,10 +32,10 @@ PRESETS: dict[str, Preset] = {
         ),
         Preset(
             "quickstart",
-            "the models shipped for `sparsecircuits quickstart`: 4 layers, d_model 128, vocab 1024 (~25 min on CPU)",
+            "the models shipped for `sparsecircuits quickstart`: 4 layers, d_model 128, vocab 1024 (~1 h on CPU)",
             model=dict(n_layers=4, d_model=128, n_heads=8, d_head=16, d_mlp=512, n_ctx=128),
-            train=dict(steps=2000, batch_size=32, lr=3e-2, weight_frac=0.125, embed_frac=0.25,
-                       val_every=250, ckpt_every=250),
+            train=dict(steps=4500, batch_size=32, lr=3e-2, weight_frac=0.125, embed_frac=0.25,
+                       val_every=500, ckpt_every=250),
             data=dict(vocab_size=1024),
         ),
         Preset(
