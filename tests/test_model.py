@@ -1,3 +1,4 @@
+import json
 import math
 
 import pytest
@@ -15,6 +16,10 @@ VARIANTS = [
     dict(positions="learned", norm="layer", act="gelu_new", act_sparsity_sites=()),
     dict(act="swiglu", parallel_attn_mlp=True, bias_qkv=False, bias_mlp=False, tied_embeddings=True),
     dict(act="relu", bigram_table=False, bias_unembed=True),
+    # pretrained-family options: sliding window with the sink (fused mask path), Gemma-2-like block
+    dict(sliding_window=4, sliding_window_layers=(1,), attn_scale=0.3, n_kv_heads=2),
+    dict(act="geglu", post_norms=True, embed_scale=2.0, logit_softcap=4.0, attn_sink=False, sliding_window=3,
+         sliding_window_layers=(0, 1), positions="rotary", rotary_scaling=(8.0, 1.0, 4.0, 8.0)),
 ]
 
 
@@ -163,7 +168,9 @@ def test_bad_tokens_are_clear_errors():
     "bad, field",
     [(dict(norm="batch"), "norm"), (dict(n_kv_heads=3), "n_kv_heads"), (dict(act_sparsity=0.0), "act_sparsity"),
      (dict(act_sparsity_sites=("q", "zz")), "act_sparsity_sites"), (dict(d_model=0), "d_model"),
-     (dict(rotary_dim=3), "rotary_dim")],
+     (dict(rotary_dim=3), "rotary_dim"), (dict(sliding_window=4), "sliding_window"),
+     (dict(sliding_window=4, sliding_window_layers=(2,)), "sliding_window"), (dict(attn_softcap=-1.0), "attn_softcap"),
+     (dict(rotary_scaling=(8.0, 1.0, 4.0, 8.0)), "rotary_scaling"), (dict(embed_scale=0.0), "embed_scale")],
 )
 def test_config_validation_names_the_field(bad, field):
     with pytest.raises(ValueError, match=f"ModelConfig.{field}"):
@@ -173,6 +180,8 @@ def test_config_validation_names_the_field(bad, field):
 def test_config_round_trip_and_unknown_fields():
     cfg = ModelConfig(n_kv_heads=2, act_sparsity_sites=("q", "k"))
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+    family = ModelConfig(positions="rotary", rotary_scaling=(8, 1, 4, 64), sliding_window=4, sliding_window_layers=[1])
+    assert ModelConfig.from_dict(json.loads(json.dumps(family.to_dict()))) == family
     with pytest.raises(ValueError, match="unknown ModelConfig fields"):
         ModelConfig.from_dict({**cfg.to_dict(), "d_modle": 3})
 
@@ -184,3 +193,12 @@ def test_init_scales():
     assert abs(model.blocks[0].mlp.W_out.std().item() - 0.02 / math.sqrt(8)) < 0.001
     assert 0 <= model.W_bigram.min() and model.W_bigram.max() <= 0.02
     assert torch.equal(model.blocks[0].attn.sink, torch.zeros(8))
+
+
+def test_rotary_tables_made_under_inference_mode_still_allow_backward():
+    model = tiny_model(positions="rotary", rotary_scaling=(8.0, 1.0, 4.0, 8.0))
+    with torch.inference_mode():
+        expected = model(tokens())
+    out = model(tokens())  # same length: the cached tables are reused
+    out.sum().backward()
+    torch.testing.assert_close(out.detach(), expected)

@@ -2,8 +2,10 @@
 
 One config covers the weight-sparse models of Gao et al. (2025) (RMSNorm, no positions, attention
 sinks, bigram table, AbsTopK activation sparsity) and the dense pretrained families loaded from
-Hugging Face (GPT-2, GPT-NeoX/Pythia, Llama with grouped-query attention). Behaviour lives in the
-model; this file only holds and checks the numbers.
+Hugging Face (GPT-2, GPT-NeoX/Pythia, Llama with grouped-query attention, Mistral, Qwen2, Gemma 2:
+soft-capping, post-norms, sliding-window layers, embedding scale; see `model/hf_families.py`).
+Behaviour lives in the model; this file only holds and checks the numbers. Every field added for a
+pretrained family defaults to "off", so older config.json files load unchanged.
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from sparsecircuits.config_utils import opt
 
 NORMS = ("rms", "layer")
 POSITIONS = ("none", "learned", "rotary")
-ACTIVATIONS = ("gelu", "gelu_new", "relu", "swiglu")
+# swiglu: silu(gate) * up (Llama); geglu: gelu_tanh(gate) * up (Gemma's gelu_pytorch_tanh gate).
+ACTIVATIONS = ("gelu", "gelu_new", "relu", "swiglu", "geglu")
+GATED_ACTIVATIONS = ("swiglu", "geglu")
 # The eight AbsTopK sites of Gao et al., in forward order, and the hook each one feeds.
 ACT_SPARSITY_SITES = ("attn_in", "q", "k", "v", "attn_out", "mlp_in", "mlp_neurons", "mlp_out")
 
@@ -50,9 +54,23 @@ class ModelConfig:
         ACT_SPARSITY_SITES, f"sites with AbsTopK activation sparsity, from {', '.join(ACT_SPARSITY_SITES)}"
     )
     init_std: float = opt(0.02, "std of the normal initialisation of weight matrices")
+    # Options of pretrained families (all off by default).
+    rotary_scaling: tuple[float, ...] = opt(
+        (), "Llama 3.1 rotary frequency scaling: factor, low_freq_factor, high_freq_factor, original n_ctx; empty = none"
+    )
+    attn_scale: float = opt(0.0, "multiplier of the attention logits; 0 = 1/sqrt(d_head) (Gemma 2: query_pre_attn_scalar^-0.5)")
+    attn_softcap: float = opt(0.0, "soft-cap c of the attention logits, s -> c*tanh(s/c) (Gemma 2); 0 = off")
+    logit_softcap: float = opt(0.0, "soft-cap c of the output logits, l -> c*tanh(l/c) (Gemma 2); 0 = off")
+    sliding_window: int = opt(0, "in sliding_window_layers a query sees itself and the previous window-1 keys; 0 = off")
+    sliding_window_layers: tuple[int, ...] = opt((), "layer indices that use the sliding window (Gemma 2: the even ones)")
+    post_norms: bool = opt(False, "norm the attention and MLP outputs before the residual add (Gemma 2 ln1_post/ln2_post)")
+    embed_scale: float = opt(1.0, "multiplier of the token embedding, applied before hook_embed (Gemma: sqrt(d_model))")
 
     def __post_init__(self) -> None:
         self.act_sparsity_sites = tuple(self.act_sparsity_sites)
+        # CLI flags arrive as strings; JSON as lists.
+        self.rotary_scaling = tuple(float(x) for x in self.rotary_scaling)
+        self.sliding_window_layers = tuple(int(x) for x in self.sliding_window_layers)
         for name in ("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -74,6 +92,32 @@ class ModelConfig:
             raise ValueError(f"ModelConfig.act_sparsity_sites: unknown {unknown}; allowed {ACT_SPARSITY_SITES}")
         if self.norm_eps <= 0 or self.init_std <= 0 or self.rotary_base <= 0:
             raise ValueError("ModelConfig.norm_eps, init_std and rotary_base must be > 0")
+        self._check_family_options()
+
+    def _check_family_options(self) -> None:
+        for name in ("attn_scale", "attn_softcap", "logit_softcap", "sliding_window"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"ModelConfig.{name} must be >= 0 (0 = off), got {getattr(self, name)}")
+        if self.embed_scale <= 0:
+            raise ValueError(f"ModelConfig.embed_scale must be > 0, got {self.embed_scale}")
+        if self.rotary_scaling:
+            if len(self.rotary_scaling) != 4 or self.positions != "rotary":
+                raise ValueError(
+                    "ModelConfig.rotary_scaling must be empty or 4 numbers (factor, low_freq_factor, "
+                    f"high_freq_factor, original n_ctx) with positions='rotary', got {self.rotary_scaling}"
+                )
+            factor, low, high, original = self.rotary_scaling
+            if factor <= 0 or not 0 < low < high or original <= 0:
+                raise ValueError(
+                    f"ModelConfig.rotary_scaling needs factor > 0, 0 < low_freq_factor < high_freq_factor and "
+                    f"original n_ctx > 0, got {self.rotary_scaling}"
+                )
+        layers = self.sliding_window_layers
+        if bool(self.sliding_window) != bool(layers) or any(not 0 <= i < self.n_layers for i in layers):
+            raise ValueError(
+                "ModelConfig.sliding_window and sliding_window_layers must be set together, with layers in "
+                f"[0, n_layers={self.n_layers}); got {self.sliding_window} and {layers}"
+            )
 
     @property
     def kv_heads(self) -> int:
@@ -86,7 +130,8 @@ class ModelConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        d["act_sparsity_sites"] = list(self.act_sparsity_sites)
+        for name in ("act_sparsity_sites", "rotary_scaling", "sliding_window_layers"):
+            d[name] = list(getattr(self, name))
         return d
 
     @classmethod

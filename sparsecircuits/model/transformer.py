@@ -17,18 +17,29 @@ A pre-norm GPT-style transformer driven by `ModelConfig`. Weights are stored in 
 * Grouped-query attention (`n_kv_heads`), computed natively: query head h uses key/value head
   h // (n_heads / n_kv_heads), the same grouping as Hugging Face's `repeat_kv`, without copies.
 * Parallel attention + MLP (GPT-NeoX): both read the block input; there is then no `hook_resid_mid`.
+* Pretrained-family options, all off by default (see `model/hf_families.py` for who uses which):
+  gated MLPs (`swiglu` Llama, `geglu` Gemma); Llama 3.1 rotary frequency scaling; an attention
+  logit scale other than 1/sqrt(d_head); tanh soft-capping of attention and output logits
+  (Gemma 2); sliding-window attention in chosen layers (Mistral, Gemma 2); post-norms
+  `ln1_post`/`ln2_post` on the attention and MLP outputs before the residual add (Gemma 2; the
+  block's `hook_attn_out`/`hook_mlp_out` are then the normed outputs, i.e. what the residual gets);
+  an embedding multiplier applied before `hook_embed` (Gemma). Gemma's `(1 + w)` norm gain needs no
+  option: the loader stores `1 + w` as our gain.
 
 Hook names follow TransformerLens (see DESIGN.md): `hook_embed`, `hook_pos_embed`,
 `blocks.{L}.hook_resid_pre|mid|post`, `blocks.{L}.ln1.hook_scale|hook_normalized`,
 `blocks.{L}.attn.hook_q|k|v|rot_q|rot_k|attn_scores|pattern|z`, `blocks.{L}.hook_attn_out`,
 `blocks.{L}.ln2.hook_*`, `blocks.{L}.mlp.hook_pre|pre_linear|post`, `blocks.{L}.hook_mlp_out`,
-`ln_final.hook_*`. `ln*.hook_normalized` is the full norm output (gain applied), i.e. exactly what
-attention / MLP / unembedding read. Shapes: q/k/v/z are `[batch, pos, head, d_head]`, scores and
-pattern `[batch, head, query_pos, key_pos]`.
+`blocks.{L}.ln1_post.hook_*` and `ln2_post.hook_*` (post-norms only), `ln_final.hook_*`.
+`ln*.hook_normalized` is the full norm output (gain applied), i.e. exactly what attention / MLP /
+unembedding (or, for post-norms, the residual stream) read. Shapes: q/k/v/z are
+`[batch, pos, head, d_head]`, scores and pattern `[batch, head, query_pos, key_pos]`; with a soft-cap
+`hook_attn_scores` holds the capped scores, i.e. what the softmax reads.
 
-When neither `hook_attn_scores` nor `hook_pattern` of a layer is hooked, attention runs through
-`F.scaled_dot_product_attention` (the sink as an extra zero key with its logit in the mask);
-otherwise it is computed explicitly so the pattern can be read and edited. Both agree (tested).
+When neither `hook_attn_scores` nor `hook_pattern` of a layer is hooked and there is no attention
+soft-cap, attention runs through `F.scaled_dot_product_attention` (the sink as an extra zero key
+with its logit in the mask, the sliding window in the mask); otherwise it is computed explicitly so
+the pattern can be read and edited (SDPA cannot soft-cap). Both agree (tested).
 """
 
 from __future__ import annotations
@@ -41,7 +52,7 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from sparsecircuits.hooks import HookedModule, HookPoint
-from sparsecircuits.model.config import ModelConfig
+from sparsecircuits.model.config import GATED_ACTIVATIONS, ModelConfig
 from sparsecircuits.sparsity import SparseWeight, abs_topk
 
 
@@ -72,6 +83,24 @@ class Norm(nn.Module):
         return self.hook_normalized(out)
 
 
+def rotary_inv_freq(cfg: ModelConfig) -> Tensor:
+    """Inverse frequencies `[rotary_dim / 2]` of rotary embedding, float64 on the CPU.
+
+    With `rotary_scaling` they are rescaled as in Llama 3.1 (Meta's `apply_scaling` in llama-models):
+    wavelengths above original_n_ctx / low_freq_factor are divided by `factor`, those below
+    original_n_ctx / high_freq_factor kept, and the band between interpolated smoothly.
+    """
+    rot = cfg.rotary_dim or cfg.d_head
+    # An explicit device: the loader builds models under torch.device("meta").
+    inv_freq = 1.0 / cfg.rotary_base ** (torch.arange(0, rot, 2, dtype=torch.float64, device="cpu") / rot)
+    if cfg.rotary_scaling:
+        factor, low, high, original = cfg.rotary_scaling
+        wavelen = 2 * math.pi / inv_freq
+        smooth = ((original / wavelen - low) / (high - low)).clamp(0.0, 1.0)  # 0 at low freq, 1 at high
+        inv_freq = (1 - smooth) * inv_freq / factor + smooth * inv_freq
+    return inv_freq
+
+
 def _rotate_half(x: Tensor) -> Tensor:
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -80,9 +109,11 @@ def _rotate_half(x: Tensor) -> Tensor:
 class Attention(nn.Module):
     """Causal multi-head (or grouped-query) attention with optional sink and rotary embedding."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
+        self.scale = cfg.attn_scale or 1.0 / math.sqrt(cfg.d_head)
+        self.window = cfg.sliding_window if layer in cfg.sliding_window_layers else 0
         H, KV, dh, d = cfg.n_heads, cfg.kv_heads, cfg.d_head, cfg.d_model
         self.W_Q = nn.Parameter(torch.empty(H * dh, d))
         self.W_K = nn.Parameter(torch.empty(KV * dh, d))
@@ -97,17 +128,24 @@ class Attention(nn.Module):
             setattr(self, name, HookPoint())
         if cfg.positions == "rotary":
             self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
-            rot = cfg.rotary_dim or dh
-            inv_freq = 1.0 / cfg.rotary_base ** (torch.arange(0, rot, 2, dtype=torch.float64) / rot)
-            angles = torch.outer(torch.arange(cfg.n_ctx, dtype=torch.float64), inv_freq)
-            angles = torch.cat((angles, angles), dim=-1)  # [n_ctx, rot]
-            self.register_buffer("rot_cos", angles.cos().float(), persistent=False)
-            self.register_buffer("rot_sin", angles.sin().float(), persistent=False)
+            # Not buffers: model.to(bfloat16) must not round the frequencies, and tables for all of
+            # n_ctx (131072 in Llama 3.1) in every layer would cost gigabytes. Built per length, kept.
+            self.inv_freq = rotary_inv_freq(cfg)
+            self._rot_cache: tuple[tuple, Tensor, Tensor] | None = None
+
+    def _rot_tables(self, T: int, x: Tensor) -> tuple[Tensor, Tensor]:
+        key = (T, x.device, x.dtype)
+        if self._rot_cache is None or self._rot_cache[0] != key:
+            with torch.inference_mode(False):  # a table made under inference_mode could not be saved for backward
+                angles = torch.outer(torch.arange(T, dtype=torch.float64, device="cpu"), self.inv_freq)
+                angles = torch.cat((angles, angles), dim=-1)[:, None, :]  # [pos, 1, rot]
+                cos, sin = (a.float().to(device=x.device, dtype=x.dtype) for a in (angles.cos(), angles.sin()))
+            self._rot_cache = (key, cos, sin)
+        return self._rot_cache[1], self._rot_cache[2]
 
     def _rotary(self, x: Float[Tensor, "batch pos head d_head"]) -> Tensor:
-        rot = self.rot_cos.shape[-1]
-        cos = self.rot_cos[: x.shape[1], None, :].to(x.dtype)  # [pos, 1, rot]
-        sin = self.rot_sin[: x.shape[1], None, :].to(x.dtype)
+        cos, sin = self._rot_tables(x.shape[1], x)
+        rot = cos.shape[-1]
         x_rot, x_pass = x[..., :rot], x[..., rot:]
         return torch.cat((x_rot * cos + _rotate_half(x_rot) * sin, x_pass), dim=-1)
 
@@ -124,20 +162,30 @@ class Attention(nn.Module):
         v = self.hook_v(self._project(x, self.W_V, self.b_V, "v", KV))
         if cfg.positions == "rotary":
             q, k = self.hook_rot_q(self._rotary(q)), self.hook_rot_k(self._rotary(k))
-        if self.hook_attn_scores.active or self.hook_pattern.active:
+        if self.hook_attn_scores.active or self.hook_pattern.active or cfg.attn_softcap:
             z = self._explicit(q, k, v)
         else:
             z = self._fused(q, k, v)
         z = self.hook_z(z)  # [batch, pos, head, d_head]
         return F.linear(z.reshape(B, T, H * dh), self.W_O, self.b_O)
 
+    def _allowed(self, T: int, device: torch.device) -> Tensor:
+        """[query, key] booleans: causal, and within the sliding window if this layer has one."""
+        allowed = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+        if self.window:
+            allowed = allowed.triu(1 - self.window)  # key > query - window
+        return allowed
+
     def _explicit(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
         B, T, H, dh = q.shape
         KV = k.shape[2]
         qg = q.view(B, T, KV, H // KV, dh)
-        scores = torch.einsum("bqkgd,bskd->bkgqs", qg, k).reshape(B, H, T, T) / math.sqrt(dh)
-        causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-        scores = self.hook_attn_scores(scores.masked_fill(~causal, float("-inf")))
+        scores = torch.einsum("bqkgd,bskd->bkgqs", qg, k).reshape(B, H, T, T) * self.scale
+        if self.cfg.attn_softcap:
+            cap = self.cfg.attn_softcap
+            scores = torch.tanh(scores / cap) * cap
+        allowed = self._allowed(T, q.device)
+        scores = self.hook_attn_scores(scores.masked_fill(~allowed, float("-inf")))
         if self.sink is not None:
             sink = self.sink.to(scores.dtype).view(1, H, 1, 1).expand(B, H, T, 1)
             pattern = torch.cat((scores, sink), dim=-1).softmax(dim=-1)[..., :T]
@@ -151,40 +199,42 @@ class Attention(nn.Module):
         B, T, H, dh = q.shape
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [batch, head, pos, d_head]
         gqa = k.shape[1] != H
-        if self.sink is None:
-            z = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        if self.sink is None and not self.window:
+            z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=gqa)
         else:
-            # The sink is one more key, of value zero, whose logit comes from the additive mask.
-            zeros = k.new_zeros(B, k.shape[1], 1, dh)
-            k, v = torch.cat((k, zeros), dim=2), torch.cat((v, zeros), dim=2)
-            causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()
-            mask = q.new_zeros(T, T).masked_fill(~causal, float("-inf")).expand(H, T, T)
-            mask = torch.cat((mask, self.sink.to(q.dtype).view(H, 1, 1).expand(H, T, 1)), dim=-1)
-            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
+            mask = q.new_zeros(T, T).masked_fill(~self._allowed(T, q.device), float("-inf")).expand(H, T, T)
+            if self.sink is not None:
+                # The sink is one more key, of value zero, whose logit comes from the additive mask.
+                zeros = k.new_zeros(B, k.shape[1], 1, dh)
+                k, v = torch.cat((k, zeros), dim=2), torch.cat((v, zeros), dim=2)
+                mask = torch.cat((mask, self.sink.to(q.dtype).view(H, 1, 1).expand(H, T, 1)), dim=-1)
+            z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
         return z.transpose(1, 2)
 
 
 class MLP(nn.Module):
-    """Two-layer MLP (or SwiGLU), with optional AbsTopK on the neurons."""
+    """Two-layer MLP (or gated: SwiGLU / GeGLU), with optional AbsTopK on the neurons."""
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.W_in = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model))
-        self.W_gate = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model)) if cfg.act == "swiglu" else None
+        gated = cfg.act in GATED_ACTIVATIONS
+        self.W_gate = nn.Parameter(torch.empty(cfg.d_mlp, cfg.d_model)) if gated else None
         self.W_out = nn.Parameter(torch.empty(cfg.d_model, cfg.d_mlp))
         self.b_in = nn.Parameter(torch.zeros(cfg.d_mlp)) if cfg.bias_mlp else None
         self.b_out = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.bias_mlp else None
-        self.hook_pre = HookPoint()  # [batch, pos, d_mlp], before the activation (the gate for SwiGLU)
-        if cfg.act == "swiglu":
-            self.hook_pre_linear = HookPoint()  # the linear (up) branch of SwiGLU
+        self.hook_pre = HookPoint()  # [batch, pos, d_mlp], before the activation (the gate if gated)
+        if gated:
+            self.hook_pre_linear = HookPoint()  # the linear (up) branch of a gated MLP
         self.hook_post = HookPoint()  # [batch, pos, d_mlp], the neurons
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         act = self.cfg.act
-        if act == "swiglu":
+        if self.W_gate is not None:
             gate = self.hook_pre(F.linear(x, self.W_gate))
-            h = F.silu(gate) * self.hook_pre_linear(F.linear(x, self.W_in, self.b_in))
+            gate = F.silu(gate) if act == "swiglu" else F.gelu(gate, approximate="tanh")
+            h = gate * self.hook_pre_linear(F.linear(x, self.W_in, self.b_in))
         else:
             pre = self.hook_pre(F.linear(x, self.W_in, self.b_in))
             if act == "gelu":
@@ -198,13 +248,15 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-norm residual block: attention then MLP (or both in parallel)."""
+    """Pre-norm residual block: attention then MLP (or both in parallel), optional post-norms."""
 
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, layer: int = 0) -> None:
         super().__init__()
         self.cfg = cfg
-        self.ln1, self.attn = Norm(cfg, "attn_in"), Attention(cfg)
+        self.ln1, self.attn = Norm(cfg, "attn_in"), Attention(cfg, layer)
         self.ln2, self.mlp = Norm(cfg, "mlp_in"), MLP(cfg)
+        if cfg.post_norms:
+            self.ln1_post, self.ln2_post = Norm(cfg), Norm(cfg)
         self.hook_resid_pre, self.hook_attn_out = HookPoint(), HookPoint()
         if not cfg.parallel_attn_mlp:
             self.hook_resid_mid = HookPoint()
@@ -213,12 +265,18 @@ class Block(nn.Module):
     def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         cfg = self.cfg
         resid = self.hook_resid_pre(resid)
-        attn_out = self.hook_attn_out(_maybe_topk(self.attn(self.ln1(resid)), cfg, "attn_out"))
+        attn_out = self.attn(self.ln1(resid))
+        if cfg.post_norms:
+            attn_out = self.ln1_post(attn_out)
+        attn_out = self.hook_attn_out(_maybe_topk(attn_out, cfg, "attn_out"))
         if cfg.parallel_attn_mlp:
             mlp_in = resid
         else:
             resid = mlp_in = self.hook_resid_mid(resid + attn_out)
-        mlp_out = self.hook_mlp_out(_maybe_topk(self.mlp(self.ln2(mlp_in)), cfg, "mlp_out"))
+        mlp_out = self.mlp(self.ln2(mlp_in))
+        if cfg.post_norms:
+            mlp_out = self.ln2_post(mlp_out)
+        mlp_out = self.hook_mlp_out(_maybe_topk(mlp_out, cfg, "mlp_out"))
         if cfg.parallel_attn_mlp:
             return self.hook_resid_post(resid + attn_out + mlp_out)
         return self.hook_resid_post(resid + mlp_out)
@@ -235,7 +293,7 @@ class Transformer(HookedModule):
         if cfg.positions == "learned":
             self.W_pos = nn.Parameter(torch.empty(cfg.n_ctx, cfg.d_model))
             self.hook_pos_embed = HookPoint()
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.blocks = nn.ModuleList(Block(cfg, layer) for layer in range(cfg.n_layers))
         self.ln_final = Norm(cfg)
         self.W_U = None if cfg.tied_embeddings else nn.Parameter(torch.empty(cfg.d_vocab, cfg.d_model))
         self.b_U = nn.Parameter(torch.zeros(cfg.d_vocab)) if cfg.bias_unembed else None
@@ -247,7 +305,8 @@ class Transformer(HookedModule):
         self._check_tokens(tokens)
         # F.embedding, not W[tokens]: its CPU backward is deterministic (index_put_ accumulate is not),
         # which exact resume relies on, and faster.
-        resid = self.hook_embed(F.embedding(tokens, self.W_E))
+        embed = F.embedding(tokens, self.W_E)
+        resid = self.hook_embed(embed * self.cfg.embed_scale if self.cfg.embed_scale != 1.0 else embed)
         if self.cfg.positions == "learned":
             resid = resid + self.hook_pos_embed(self.W_pos[: tokens.shape[1]])
         for block in self.blocks:
@@ -256,6 +315,8 @@ class Transformer(HookedModule):
         logits = F.linear(self.ln_final(resid), W_U, self.b_U)
         if self.W_bigram is not None:
             logits = logits + F.embedding(tokens, self.W_bigram)
+        if self.cfg.logit_softcap:
+            logits = torch.tanh(logits / self.cfg.logit_softcap) * self.cfg.logit_softcap
         return logits
 
     def _check_tokens(self, tokens: Tensor) -> None:
