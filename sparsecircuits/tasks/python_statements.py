@@ -36,25 +36,24 @@ _EXPRS = (
 )
 
 
-@register_task("block_colon", "end of a line: `:` after an `if`/`while` header, a newline after `return`/`assert`")
+@register_task("block_colon", "end of a line: `:` after an `if` header, a newline after a `return` statement")
 def block_colon(rng: random.Random) -> Example:
-    """A line that starts with a compound-statement keyword (`if`, `while`) is a block header and must
-    end with `:`; a simple statement (`return`, `assert`) must not (a `:` after `return x` is a syntax
-    error). The prompt stops right before the end of the line; the answer is the first token of `:` +
-    newline + deeper indentation versus newline + same indentation (BPEs merge `)` with `:`, so the
-    tokens are e.g. `):` vs `)`). The counterfactual swaps the keyword for one of the other kind, which
-    keeps the token count."""
+    """A line that starts with a compound-statement keyword (here `if`) is a block header and must end
+    with `:`; a simple statement (here `return`) must not (a `:` after `return x` is a syntax error).
+    The prompt stops right before the end of the line; the answer is the first token of `:` + newline
+    + deeper indentation versus newline + same indentation (BPEs merge `)` with `:`, so the
+    tokens are e.g. `):` vs `)`). The counterfactual swaps `if` and `return` (one token each)."""
     a = pick(rng, SHORT_NAMES)
     expr = rng.choice(_EXPRS).format(a=a, s=pick(rng, SEQ_NAMES, avoid=[a]), n=small_int(rng))
     closes = ")" if expr.count("(") > expr.count(")") else ""
-    # keywords paired by token count (`while`/`assert` are two tokens in a small BPE, `if`/`return` one)
-    compound, simple = rng.choice([("if", "return"), ("while", "assert")])
+    # `if` and `return` are one token in small stdlib BPEs (`while`/`assert` can be two, which would
+    # make the task partly about assembling the keyword; see python_code's rule for name pools)
+    compound, simple = "if", "return"
     ind = rng.choice(["    ", "        "])
     pre = f"def {pick(rng, METHOD_NAMES).lstrip('_')}(self, {a}):\n" if ind == "    " else \
         f"    def {pick(rng, METHOD_NAMES).lstrip('_')}(self, {a}):\n"
     pre += ind + filler(rng, [a]) + "\n" + ind
-    loop_only = ["continue", "break"] if compound == "while" else []  # outside a loop: a syntax error
-    body = ind + "    " + rng.choice(["return True", "pass", f"{a} = None", *loop_only])
+    body = ind + "    " + rng.choice(["return True", "pass", f"{a} = None", "raise ValueError", "return"])
     after = ind + rng.choice(["return None", "pass", "self._done = True"])
     header_end = closes + ":\n" + body
     simple_end = closes + "\n" + after
