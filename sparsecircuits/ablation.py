@@ -5,6 +5,12 @@ positions); at that hook the activation becomes `m * x + (1 - m) * baseline`. Ba
   mean            per-channel mean over pretraining tokens (all positions; `mean_activations`)
   zero            0
   counterfactual  the activation of the paired counterfactual prompt (same shape as x)
+and, for the component graph (`discover/component_graph.py`, `ABLATIONS`):
+  position-mean   per position, the mean over a reference set of prompts aligned on their last
+                  (answer) position (Lan et al. 2024 take it over the corrupted prompts;
+                  `position_mean`)
+  resample        the activation of another, randomly drawn reference prompt, aligned on the answer
+                  position (`resample_aligned`; causal scrubbing's resampling ablation)
 `NodeSite` lists the prunable sites of a weight-sparse model (Gao et al. 2025): per layer the
 attention read channels, q, k, v channels, attention write channels, MLP read channels, MLP
 neurons and MLP write channels.
@@ -27,6 +33,7 @@ from sparsecircuits.hooks import HookFn, HookPoint
 from sparsecircuits.model.transformer import Transformer
 
 BASELINES = ("mean", "zero", "counterfactual")
+ABLATIONS = ("mean", "position-mean", "zero", "counterfactual", "resample")  # component-graph baselines
 
 
 @dataclass(frozen=True)
@@ -90,8 +97,10 @@ def counterfactual_baselines(model: Transformer, cf_tokens: Tensor, hooks: list[
 
 
 def channel_hooks(model: Transformer) -> list[str]:
-    """Hook points whose activation is [batch, pos, *channels] (not attention scores/patterns)."""
-    return [n for n in model.hook_points if not n.endswith(("hook_attn_scores", "hook_pattern", "hook_scale"))]
+    """Hook points whose activation is [batch, pos, *channels] (not attention scores/patterns, and not the
+    per-head split inputs, which would switch every block to split mode and copy the residual per head)."""
+    skip = ("hook_attn_scores", "hook_pattern", "hook_scale", "hook_q_input", "hook_k_input", "hook_v_input")
+    return [n for n in model.hook_points if not n.endswith(skip)]
 
 
 @torch.no_grad()
@@ -108,6 +117,55 @@ def mean_activations(model: Transformer, batches: list[Tensor]) -> dict[str, Flo
             sums[h] = s if h not in sums else sums[h] + s
         count += b.shape[0] * b.shape[1]
     return {h: (s / count).float().cpu() for h, s in sums.items()}
+
+
+def _offset_slots(lengths: Tensor, width: int) -> tuple[Tensor, Tensor]:
+    """Per position of each prompt, its slot = distance from the prompt's last position + width - 1
+    (last position -> width - 1), and whether it is a real (non-padding) position."""
+    off = torch.arange(width).unsqueeze(0) - (lengths.cpu().unsqueeze(1) - 1)
+    return (off + width - 1).clamp(0, 2 * width - 2), (off <= 0) & (off > -lengths.cpu().unsqueeze(1))
+
+
+def position_mean(ref: Float[Tensor, "m pos *ch"], ref_lengths: Tensor,
+                  lengths: Tensor | None = None, width: int | None = None) -> Float[Tensor, "n pos *ch"]:
+    """Per-position means of reference activations, aligned on the prompts' last position.
+
+    Returned in the layout of n target prompts (`lengths`; default the reference prompts themselves,
+    `width` positions, default the reference's): position t of prompt i gets the mean over reference
+    prompts of their position at the same distance from the end; positions no reference reaches and
+    padding get 0."""
+    m, rw = ref.shape[:2]
+    lengths = ref_lengths if lengths is None else lengths
+    width = rw if width is None else width
+    span = max(rw, width)
+    slot, ok = _offset_slots(ref_lengths, rw)
+    slot = slot + span - rw
+    flat = ref.reshape(m, rw, -1).double()
+    dev = ref.device
+    sums = torch.zeros(2 * span - 1, flat.shape[-1], dtype=torch.float64, device=dev)
+    counts = torch.zeros(2 * span - 1, dtype=torch.float64, device=dev)
+    sums.index_add_(0, slot[ok].to(dev), flat[ok.to(dev)])
+    counts.index_add_(0, slot[ok].to(dev), torch.ones(int(ok.sum()), dtype=torch.float64, device=dev))
+    table = sums / counts.clamp(min=1).unsqueeze(1)
+    tslot, tok = _offset_slots(lengths, width)
+    out = table[(tslot + span - width).to(dev)] * tok.to(dev).unsqueeze(-1)
+    return out.to(ref.dtype).view(len(lengths), width, *ref.shape[2:])
+
+
+def resample_aligned(ref: Float[Tensor, "m pos *ch"], ref_lengths: Tensor, lengths: Tensor,
+                     generator: torch.Generator) -> Float[Tensor, "n pos *ch"]:
+    """Resampling ablation: for each of n prompts (`lengths`), the activations of a random reference
+    prompt aligned on the last position (same layout and width as `ref`); positions the donor is too
+    short for get the reference position mean."""
+    m, width = ref.shape[:2]
+    n = len(lengths)
+    donor = torch.randint(0, m, (n,), generator=generator)
+    src = torch.arange(width).unsqueeze(0) - lengths.cpu().unsqueeze(1) + ref_lengths.cpu()[donor].unsqueeze(1)
+    ok = (src >= 0) & (src < width)
+    picked = ref[donor.unsqueeze(1).to(ref.device), src.clamp(0, width - 1).to(ref.device)]
+    fallback = position_mean(ref, ref_lengths, lengths, width)
+    shape = (n, width) + (1,) * (ref.dim() - 2)
+    return torch.where(ok.to(ref.device).view(shape), picked, fallback)
 
 
 def weights_fingerprint(model: Transformer) -> str:

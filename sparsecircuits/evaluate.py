@@ -113,3 +113,34 @@ def evaluate_task(model: Transformer, data: TaskData) -> Evaluation:
     """The full model on a task: loss, accuracy and mean logit difference."""
     diff = logit_diff(last_logits(model(data.tokens), data.lengths), data)
     return Evaluation(float(task_loss(diff)), float((diff > 0).float().mean()), float(diff.mean()))
+
+
+@torch.no_grad()
+def filter_solved(model: Transformer, data: TaskData, ratio: float = 2.0) -> TaskData:
+    """The examples a model gets right with p(correct) > ratio x p(incorrect), i.e. logit difference
+    > ln(ratio) (Lan et al. 2024 keep prompts with ratio 2)."""
+    import math
+
+    diff = logit_diff(last_logits(model(data.tokens.to(next(model.parameters()).device)), data.lengths), data).cpu()
+    keep = torch.nonzero(diff > math.log(ratio)).flatten()
+    if not len(keep):
+        raise ValueError(f"the model solves none of the {len(data)} examples of {data.name!r} with p ratio > {ratio}")
+    return data.subset(keep)
+
+
+def faithfulness(value: float, full: float, empty: float) -> float:
+    """(m(C) - m(empty)) / (m(full) - m(empty)) (Marks et al. 2025; MIB); NaN when full == empty."""
+    return (value - empty) / (full - empty) if abs(full - empty) > 1e-12 else float("nan")
+
+
+# MIB circuit track: edge fractions (as fractions of all edges) the faithfulness curve is taken at.
+MIB_FRACTIONS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+
+
+def area_under(fractions: list[float], values: list[float]) -> float:
+    """Trapezoid area of values over fractions in [0, 1] (MIB's CPR on f, CMD on |1 - f|)."""
+    area = 0.0
+    for (x0, y0), (x1, y1) in zip(zip(fractions, values), list(zip(fractions, values))[1:]):
+        area += (x1 - x0) * (y0 + y1) / 2
+    return area
+

@@ -113,6 +113,27 @@ def node_iou(a: Circuit, b: Circuit) -> float:
     return 1.0 if not sa | sb else len(sa & sb) / len(sa | sb)
 
 
+def edge_iou(a: Circuit, b: Circuit, kinds: tuple[str, ...] = ("residual", "weight", "attribution")) -> float:
+    """Intersection over union of two circuits' (src, dst) edge sets of the given kinds (1.0 if both empty)."""
+    ea = {(e.src, e.dst) for e in a.edges if e.kind in kinds}
+    eb = {(e.src, e.dst) for e in b.edges if e.kind in kinds}
+    return 1.0 if not ea | eb else len(ea & eb) / len(ea | eb)
+
+
+def intersect(circuits: list[Circuit]) -> Circuit:
+    """The shared core: nodes and edges present in every circuit (weights and scores of the first)."""
+    if not circuits:
+        raise ValueError("intersect needs at least one circuit")
+    ids = set.intersection(*(c.node_ids for c in circuits))
+    pairs = set.intersection(*({(e.src, e.dst) for e in c.edges} for c in circuits))
+    first = circuits[0]
+    nodes = [n for n in first.nodes if n.id in ids]
+    edges = [e for e in first.edges if (e.src, e.dst) in pairs]
+    tasks = [str(c.metadata.get("task", "?")) for c in circuits]
+    return Circuit(nodes, edges, {k: v for k, v in first.scores.items() if k in ids},
+                   {"method": "intersection", "task": "+".join(tasks), "sources": tasks})
+
+
 @dataclass
 class SizeRow:
     task: str

@@ -99,7 +99,7 @@ def run_quickstart(
     means = {k: checkpoint_means(ck.model, ck.meta, tok, cache_dir) for k, ck in (("sparse", s), ("dense", d))}
     import sparsecircuits.tasks  # noqa: F401  (registers the built-in tasks)
 
-    names = tasks or sorted(TASKS)
+    names = tasks or sorted(n for n, spec in TASKS.items() if spec.domain == "python")  # not the language tasks
     rows = []
     for name in names:
         get_task(name)

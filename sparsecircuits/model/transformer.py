@@ -36,6 +36,15 @@ unembedding (or, for post-norms, the residual stream) read. Shapes: q/k/v/z are
 `[batch, pos, head, d_head]`, scores and pattern `[batch, head, query_pos, key_pos]`; with a soft-cap
 `hook_attn_scores` holds the capped scores, i.e. what the softmax reads.
 
+Split inputs (TransformerLens's `use_split_qkv_input`, switched on by use instead of a flag): when
+any of `blocks.{L}.hook_q_input|hook_k_input|hook_v_input` is hooked, the residual stream is copied
+per head — `[batch, pos, n_heads, d_model]` for q, `[batch, pos, n_kv_heads, d_model]` for k and v
+(one copy per key/value group, natively grouped) — and each copy is normed by `ln1` and projected
+by its head's weights alone, so a hook can give every head its own input (the component graph's
+edge masks, `discover/component_graph.py`). `ln1.hook_*` then fire three times with those 4-d shapes.
+With no hook on them the block runs exactly as before. `blocks.{L}.hook_mlp_in` is the residual the
+MLP reads, before `ln2` (an identity; hooking it changes the MLP's input only).
+
 When neither `hook_attn_scores` nor `hook_pattern` of a layer is hooked and there is no attention
 soft-cap, attention runs through `F.scaled_dot_product_attention` (the sink as an extra zero key
 with its logit in the mask, the sliding window in the mask); otherwise it is computed explicitly so
@@ -153,13 +162,31 @@ class Attention(nn.Module):
         y = _maybe_topk(F.linear(x, W, b), self.cfg, site)
         return y.view(*x.shape[:2], n, self.cfg.d_head)
 
-    def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def _project_split(self, x: Tensor, W: Tensor, b: Tensor | None, site: str) -> Tensor:
+        """Per-head inputs [batch, pos, n, d_model] -> [batch, pos, n, d_head], head i by its rows only."""
+        B, T, n, d = x.shape
+        y = torch.einsum("bpnd,ned->bpne", x, W.view(n, self.cfg.d_head, d))
+        if b is not None:
+            y = y + b.view(n, self.cfg.d_head)
+        return _maybe_topk(y.reshape(B, T, -1), self.cfg, site).view(B, T, n, self.cfg.d_head)
+
+    def forward(
+        self, x: Float[Tensor, "batch pos d_model"] | None, split: tuple[Tensor, Tensor, Tensor] | None = None
+    ) -> Float[Tensor, "batch pos d_model"]:
+        """`x` is the normed residual; or `split` = per-head normed inputs for q, k, v (see the module docstring)."""
         cfg = self.cfg
-        B, T, _ = x.shape
         H, KV, dh = cfg.n_heads, cfg.kv_heads, cfg.d_head
-        q = self.hook_q(self._project(x, self.W_Q, self.b_Q, "q", H))
-        k = self.hook_k(self._project(x, self.W_K, self.b_K, "k", KV))
-        v = self.hook_v(self._project(x, self.W_V, self.b_V, "v", KV))
+        if split is None:
+            assert x is not None
+            B, T, _ = x.shape
+            q = self.hook_q(self._project(x, self.W_Q, self.b_Q, "q", H))
+            k = self.hook_k(self._project(x, self.W_K, self.b_K, "k", KV))
+            v = self.hook_v(self._project(x, self.W_V, self.b_V, "v", KV))
+        else:
+            B, T = split[0].shape[:2]
+            q = self.hook_q(self._project_split(split[0], self.W_Q, self.b_Q, "q"))
+            k = self.hook_k(self._project_split(split[1], self.W_K, self.b_K, "k"))
+            v = self.hook_v(self._project_split(split[2], self.W_V, self.b_V, "v"))
         if cfg.positions == "rotary":
             q, k = self.hook_rot_q(self._rotary(q)), self.hook_rot_k(self._rotary(k))
         if self.hook_attn_scores.active or self.hook_pattern.active or cfg.attn_softcap:
@@ -258,6 +285,9 @@ class Block(nn.Module):
         if cfg.post_norms:
             self.ln1_post, self.ln2_post = Norm(cfg), Norm(cfg)
         self.hook_resid_pre, self.hook_attn_out = HookPoint(), HookPoint()
+        # Split inputs (module docstring): per-head copies of the residual for q, k, v; the MLP's input.
+        self.hook_q_input, self.hook_k_input, self.hook_v_input = HookPoint(), HookPoint(), HookPoint()
+        self.hook_mlp_in = HookPoint()
         if not cfg.parallel_attn_mlp:
             self.hook_resid_mid = HookPoint()
         self.hook_mlp_out, self.hook_resid_post = HookPoint(), HookPoint()
@@ -265,7 +295,12 @@ class Block(nn.Module):
     def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         cfg = self.cfg
         resid = self.hook_resid_pre(resid)
-        attn_out = self.attn(self.ln1(resid))
+        if self.hook_q_input.active or self.hook_k_input.active or self.hook_v_input.active:
+            copies = ((self.hook_q_input, cfg.n_heads), (self.hook_k_input, cfg.kv_heads), (self.hook_v_input, cfg.kv_heads))
+            split = tuple(self.ln1(hook(resid.unsqueeze(2).expand(-1, -1, n, -1))) for hook, n in copies)
+            attn_out = self.attn(None, split)  # type: ignore[arg-type]
+        else:
+            attn_out = self.attn(self.ln1(resid))
         if cfg.post_norms:
             attn_out = self.ln1_post(attn_out)
         attn_out = self.hook_attn_out(_maybe_topk(attn_out, cfg, "attn_out"))
@@ -273,7 +308,7 @@ class Block(nn.Module):
             mlp_in = resid
         else:
             resid = mlp_in = self.hook_resid_mid(resid + attn_out)
-        mlp_out = self.mlp(self.ln2(mlp_in))
+        mlp_out = self.mlp(self.ln2(self.hook_mlp_in(mlp_in)))
         if cfg.post_norms:
             mlp_out = self.ln2_post(mlp_out)
         mlp_out = self.hook_mlp_out(_maybe_topk(mlp_out, cfg, "mlp_out"))

@@ -12,6 +12,11 @@ example, that:
   3. with `single_token=True` (user JSONL tasks), each continuation is exactly one token;
   4. the counterfactual prompt has as many tokens as the prompt and its answer is the incorrect token;
   5. the prompt fits the model's context.
+Multi-token answers (`multi_token=True`, e.g. ` 12` vs ` 11` split as ` 1`+`2` / ` 1`+`1`): when the
+two continuations start with the same tokens, that shared prefix is appended to the prompt (and to
+the counterfactual prompt) and the answers are the first tokens where they differ, so the contrast is
+still one next-token decision. Prompts then differ in length; they are right-padded and every
+metric reads each prompt's own last position (aligned on the answer position).
 Built-in generated tasks skip examples that fail (and fail only if most do); user tasks raise a
 `TaskError` naming the example. Task loss is the binary cross-entropy over the two answer tokens at
 the last prompt position (Gao et al. 2025): softplus(-(logit_correct - logit_incorrect)); the metric
@@ -55,6 +60,8 @@ class TaskSpec:
     summary: str  # one line: what is predicted and why it is determined
     generate_one: Generator  # draws one example from an RNG
     single_token: bool = False  # require each continuation to be exactly one token
+    multi_token: bool = False  # move a shared first-token prefix of the answers into the prompt
+    domain: str = "python"  # "python" (code tasks, for our models) or "language" (pretrained LMs)
 
     def examples(self, n: int, seed: int = 0, max_tries_factor: int = 50) -> list[Example]:
         """`n` distinct examples, deterministic in `seed`."""
@@ -70,13 +77,14 @@ class TaskSpec:
 TASKS: dict[str, TaskSpec] = {}
 
 
-def register_task(name: str, summary: str, single_token: bool = False) -> Callable[[Generator], Generator]:
+def register_task(name: str, summary: str, single_token: bool = False,
+                  multi_token: bool = False, domain: str = "python") -> Callable[[Generator], Generator]:
     """Decorator adding a generator function to the task registry."""
 
     def wrap(fn: Generator) -> Generator:
         if name in TASKS:
             raise ValueError(f"task {name!r} is registered twice")
-        TASKS[name] = TaskSpec(name, summary, fn, single_token)
+        TASKS[name] = TaskSpec(name, summary, fn, single_token, multi_token, domain)
         return fn
 
     return wrap
@@ -125,10 +133,33 @@ def _answer_id(tok: Tokenizer, prompt_ids: list[int], prompt: str, cont: str, si
     return ids[len(prompt_ids)]
 
 
-def _check_example(ex: Example, tok: Tokenizer, n_ctx: int, single: bool) -> tuple[list[int], int, int, list[int] | None]:
+def _shared_prefix(tok: Tokenizer, p_ids: list[int], ex: Example) -> list[int]:
+    """Tokens both continuations start with in context (empty if they differ at once or misalign)."""
+    a = tok.encode(ex.prompt + ex.correct, add_special_tokens=False).ids
+    b = tok.encode(ex.prompt + ex.incorrect, add_special_tokens=False).ids
+    if a[: len(p_ids)] != p_ids or b[: len(p_ids)] != p_ids:
+        return []
+    j = len(p_ids)
+    while j < min(len(a), len(b)) - 1 and a[j] == b[j]:
+        j += 1
+    return a[len(p_ids): j]
+
+
+def _check_example(ex: Example, tok: Tokenizer, n_ctx: int, single: bool,
+                   multi: bool = False) -> tuple[list[int], int, int, list[int] | None]:
     p_ids = tok.encode(ex.prompt, add_special_tokens=False).ids
     if not p_ids:
         raise TaskError("the prompt is empty")
+    prefix = _shared_prefix(tok, p_ids, ex) if multi else []
+    if prefix:
+        text = tok.decode(prefix)
+        if not ex.correct.startswith(text) or not ex.incorrect.startswith(text):
+            raise TaskError(f"the shared answer prefix {text!r} does not decode to the continuations' start")
+        cf = None if ex.counterfactual is None else ex.counterfactual + text
+        ex = Example(ex.prompt + text, ex.correct[len(text):], ex.incorrect[len(text):], cf)
+        p_ids = p_ids + prefix
+        if tok.encode(ex.prompt, add_special_tokens=False).ids != p_ids:
+            raise TaskError("the prompt with the shared answer prefix tokenizes differently")
     if len(p_ids) > n_ctx:
         raise TaskError(f"the prompt is {len(p_ids)} tokens, longer than the model's context {n_ctx}")
     c = _answer_id(tok, p_ids, ex.prompt, ex.correct, single)
@@ -151,7 +182,7 @@ def _check_example(ex: Example, tok: Tokenizer, n_ctx: int, single: bool) -> tup
 
 def tokenize_task(
     name: str, examples: list[Example], tok: Tokenizer, n_ctx: int, *, strict: bool, single_token: bool = False,
-    pad_id: int = 0, min_valid: int | None = None,
+    pad_id: int = 0, min_valid: int | None = None, multi_token: bool = False,
 ) -> TaskData:
     """Validate and tokenize examples (see the module docstring). `strict` raises on the first bad
     example; otherwise bad examples are skipped and an error is raised only if fewer than
@@ -159,7 +190,7 @@ def tokenize_task(
     rows, kept = [], []
     for n, ex in enumerate(examples):
         try:
-            rows.append(_check_example(ex, tok, n_ctx, single_token))
+            rows.append(_check_example(ex, tok, n_ctx, single_token, multi_token))
             kept.append(ex)
         except TaskError as e:
             if strict:
@@ -197,7 +228,7 @@ def load_task(name: str, tok: Tokenizer, n_ctx: int, n: int = 256, seed: int = 0
     except TaskError:  # a task with fewer distinct examples: use what n gives
         candidates = spec.examples(n, seed)
     data = tokenize_task(name, candidates, tok, n_ctx, strict=False, single_token=spec.single_token,
-                         min_valid=max(1, n // 2))
+                         min_valid=max(1, n // 2), multi_token=spec.multi_token)
     if len(data) > n:
         data = data.subset(slice(0, n))
     return data
