@@ -97,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = sub.add_parser("quickstart", help="the main job: task circuits in a shipped sparse model vs its dense twin")
     q.add_argument("--out", type=Path, default=Path("quickstart-report"), help="report folder")
     q.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=False,
-                   help="train both models from scratch (preset quickstart, ~25 min each on CPU) instead of the shipped ones")
+                   help="train both models from scratch (preset quickstart, ~1 h each on 2 CPU cores) instead of the shipped ones")
     q.add_argument("--tasks", nargs="*", default=None, help="tasks to run (default: all)")
     q.add_argument("--n-examples", type=int, default=256, help="examples per task (half train, half held out)")
     q.add_argument("--solve-threshold", type=float, default=0.9,
@@ -119,6 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tasks", help="list the tasks; with a checkpoint, evaluate it on each")
     t.add_argument("checkpoint", type=Path, nargs="?", default=None, help="checkpoint to evaluate")
     t.add_argument("--n-examples", type=int, default=256, help="examples per task")
+    t.add_argument("--model", default=None,
+                   help="evaluate a Hugging Face model instead: a local folder or a name in the HF cache "
+                        "(downloaded only if online and huggingface_hub is installed)")
+    from sparsecircuits.cli_view import add_parser as add_view_parser
+
+    add_view_parser(sub)
+    from sparsecircuits.cli_dict import add_parsers as add_dict_parsers
+
+    add_dict_parsers(sub)
+    from sparsecircuits.cli_discover import add_parsers as add_discover_parsers
+
+    add_discover_parsers(sub)
     return parser
 
 
@@ -181,8 +193,35 @@ def _circuit_command(name: str):  # noqa: ANN202
     return run
 
 
+def _dict_command(name: str):  # noqa: ANN202
+    def run(args: argparse.Namespace) -> int:
+        from sparsecircuits import cli_dict
+
+        return cli_dict.COMMANDS[name](args, console)
+
+    return run
+
+
+def _discover_command(name: str):  # noqa: ANN202
+    def run(args: argparse.Namespace) -> int:
+        from sparsecircuits import cli_discover
+
+        return cli_discover.COMMANDS[name](args, console)
+
+    return run
+
+
+def _cmd_view(args: argparse.Namespace) -> int:
+    from sparsecircuits.cli_view import cmd_view
+
+    return cmd_view(args, console)
+
+
 COMMANDS = {"train": cmd_train, "info": cmd_info, "export": cmd_export,
-            **{n: _circuit_command(n) for n in ("quickstart", "prune", "compare", "tasks")}}
+            **{n: _circuit_command(n) for n in ("quickstart", "prune", "compare", "tasks")},
+            "view": _cmd_view,
+            **{n: _dict_command(n) for n in ("train-dict", "eval-dict", "features", "convert-dict")},
+            **{n: _discover_command(n) for n in ("discover", "compare-circuits", "heads")}}
 
 
 def main(argv: list[str] | None = None) -> int:

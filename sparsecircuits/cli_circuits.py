@@ -51,6 +51,11 @@ def cmd_quickstart(args: argparse.Namespace, console: Console) -> int:
                   f"{report.seconds:.0f} s; report: {Path(args.out) / 'report.json'}")
     for note in report.notes:
         console.print(f"[yellow]note[/]: {note} (marked *)")
+    from sparsecircuits.viz.report import write_quickstart_report
+
+    with console.status("circuit pages") as status:
+        index = write_quickstart_report(report, _cache(args), on_event=lambda m: (status.update(m), console.log(m)))
+    console.print(f"circuit pages: {index} (one self-contained HTML file per circuit; open in any browser)")
     return 0
 
 
@@ -121,13 +126,21 @@ def cmd_tasks(args: argparse.Namespace, console: Console) -> int:
     table.add_column("task")
     table.add_column("what is predicted and why it is determined")
     model = tok = None
-    if args.checkpoint is not None:
+    if args.checkpoint is not None and getattr(args, "model", None):
+        raise ValueError("give either a checkpoint or --model, not both")
+    if args.checkpoint is not None or getattr(args, "model", None):
         from sparsecircuits.checkpoint import load_checkpoint
         from sparsecircuits.data.tokenizer import load_tokenizer
         from sparsecircuits.evaluate import evaluate_task
 
-        ck = load_checkpoint(args.checkpoint)
-        model, tok = ck.model, load_tokenizer(ck.tokenizer_path) if ck.tokenizer_path else None
+        if args.checkpoint is None:
+            from sparsecircuits.model.load import load_pretrained
+
+            pre = load_pretrained(args.model)
+            model, tok = pre.model, pre.tokenizer
+        else:
+            ck = load_checkpoint(args.checkpoint)
+            model, tok = ck.model, load_tokenizer(ck.tokenizer_path) if ck.tokenizer_path else None
         for col in ("answers", "accuracy", "loss"):
             table.add_column(col, justify="right")
     for name, spec in sorted(TASKS.items()):

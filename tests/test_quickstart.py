@@ -76,3 +76,22 @@ def test_cli_tasks_lists_and_evaluates(twins, capsys):
     assert "single_double_quote" in capsys.readouterr().out
     assert main(["tasks", str(sparse), "--n-examples", "16"]) == 0
     assert "accuracy" in capsys.readouterr().out
+
+
+def test_quickstart_retrain_trains_both_twins_then_reports(small_corpus, tmp_path, monkeypatch):
+    """`quickstart --retrain` runs the `train` command for both twins with the quickstart preset (shrunk
+    here to a few steps on a small corpus) and then the same pipeline on the new models."""
+    from sparsecircuits import presets
+
+    tiny = presets.Preset("quickstart", "test", model={k: v for k, v in MODEL.items() if k != "d_vocab"},
+                          train=dict(steps=3, batch_size=2, val_batches=1, val_every=3, ckpt_every=3,
+                                     weight_frac=0.25, embed_frac=0.5),
+                          data=dict(sources=(str(small_corpus),), vocab_size=1024, tokenizer_sample_mb=1.0))
+    monkeypatch.setitem(presets.PRESETS, "quickstart", tiny)
+    out = tmp_path / "qs"
+    assert main(["quickstart", "--retrain", "--out", str(out), "--tasks", "single_double_quote", "--n-examples", "32",
+                 "--solve-threshold", "0", "--steps", "3", "--cache-dir", str(tmp_path / "cache")]) == 0
+    for name, dense in (("sparse", False), ("dense", True)):
+        meta = json.loads(next((out / "models" / name / "checkpoints").glob("step-*/meta.json")).read_text())
+        assert meta["spec"]["train"]["dense"] is dense and meta["spec"]["train"]["steps"] == 3
+    assert json.loads((out / "report.json").read_text())["rows"][0]["task"] == "single_double_quote"
