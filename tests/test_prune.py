@@ -140,3 +140,13 @@ def test_batched_node_effects_equal_one_ablation_at_a_time(setup, baseline):
             off[i] = 0.0
             want = base - float(task.diff(_masks_from_flat(off, sites)).mean())
             assert value == pytest.approx(want, abs=1e-5), node_id
+
+
+def test_target_above_the_full_models_loss_is_relaxed_to_full_plus_slack(setup):
+    model, data, means = setup
+    cfg = PruneConfig(steps=150, lr=0.02, target_loss=1e-6, target_slack=0.05)
+    md = prune_task(model, data, cfg, means=means).circuit.metadata
+    assert md["losses"]["full"] > 1e-6
+    assert md["target_loss_used"] == pytest.approx(md["losses"]["full"] + 0.05)
+    assert md["reached_target"] and md["losses"]["circuit"] <= md["target_loss_used"]
+    assert md["n_nodes"] < 40  # still a small circuit, not the whole model

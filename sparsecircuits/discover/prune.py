@@ -11,7 +11,8 @@ Nodes are the scalar channels of the eight sites per layer (`ablation.prune_site
      decay; tau clamped to [-1, 1];
   3. discretise: order nodes by tau (averaged over the second half of training, ties -- e.g. nodes
      pinned at the +1 clamp -- broken by accumulated task-loss gradient), and bisect on k for the smallest circuit of the top-k nodes
-     whose task loss on held-out examples is <= target_loss (default 0.15 nats); optionally with a
+     whose task loss on held-out examples is <= target_loss (default 0.15 nats; for a model whose own
+     held-out loss is above that, full loss + target_slack, recorded as `target_loss_used`); optionally with a
      logit scale + per-answer-token shift fitted by 16 LBFGS steps ("calibration");
   4. report the circuit: nodes with their single-node ablation effect (metric(circuit) - metric(circuit
      without the node), mean logit difference; exact, many nodes per batched forward), edges = nonzero weights between kept nodes plus the
@@ -51,6 +52,7 @@ class PruneConfig:
     init_mean: float = opt(0.1, "mean of the gate initialisation (> 0: all nodes on)")
     init_std: float = opt(0.01, "std of the gate initialisation")
     target_loss: float = opt(0.15, "task loss (nats) the discretised circuit must reach")
+    target_slack: float = opt(0.05, "when the full model's held-out loss is above target_loss, aim for full loss + this instead")
     baseline: str = opt("mean", f"value of pruned nodes: {' | '.join(BASELINES)}")
     calibrate: bool = opt(False, "fit a logit scale and per-answer shift (16 LBFGS steps) when evaluating")
     effect_examples: int = opt(32, "held-out examples used for each node's single-ablation effect")
@@ -63,6 +65,8 @@ class PruneConfig:
                 raise ValueError(f"PruneConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.baseline not in BASELINES:
             raise ValueError(f"PruneConfig.baseline must be one of {BASELINES}, got {self.baseline!r}")
+        if self.target_slack < 0:
+            raise ValueError(f"PruneConfig.target_slack must be >= 0, got {self.target_slack}")
         if self.init_mean <= 0 or self.temperature <= 0 or self.lr <= 0 or self.target_loss <= 0:
             raise ValueError("PruneConfig.init_mean, temperature, lr and target_loss must be > 0")
 
@@ -247,7 +251,11 @@ def prune_task(
         held = MaskedTask(model, data.subset(eval_idx), cfg.baseline, means, sites)
         gates = train_gates(train, cfg, on_step)
         order = gates.order()
-        bis = bisect_k(held, order, cfg.target_loss, cfg.calibrate)
+        ones = {s.hook: torch.ones(s.shape) for s in sites}
+        zeros = {s.hook: torch.zeros(s.shape) for s in sites}
+        full, empty = held.evaluate(ones, cfg.calibrate), held.evaluate(zeros, cfg.calibrate)
+        target = cfg.target_loss if full.loss <= cfg.target_loss else full.loss + cfg.target_slack
+        bis = bisect_k(held, order, target, cfg.calibrate)
         flat_on = torch.zeros(len(order))
         flat_on[order[: bis.k]] = 1.0
         nodes = kept_nodes(flat_on, sites)
@@ -255,9 +263,6 @@ def prune_task(
         if bis.k <= cfg.max_effect_nodes:
             few = MaskedTask(model, data.subset(eval_idx[: cfg.effect_examples]), cfg.baseline, means, sites)
             scores = node_effects(few, flat_on)
-        ones = {s.hook: torch.ones(s.shape) for s in sites}
-        zeros = {s.hook: torch.zeros(s.shape) for s in sites}
-        full, empty = held.evaluate(ones, cfg.calibrate), held.evaluate(zeros, cfg.calibrate)
         circ = held.evaluate(_masks_from_flat(flat_on, sites), cfg.calibrate)
     finally:
         for p, r in zip(model.parameters(), requires):
@@ -270,6 +275,7 @@ def prune_task(
         "n_nodes": len(nodes),
         "n_edges": len(edges),
         "reached_target": bis.reached,
+        "target_loss_used": target,
         "node_effects": "single-node ablation from the circuit, mean logit difference"
         if scores else f"not computed: circuit larger than max_effect_nodes={cfg.max_effect_nodes}",
         "losses": {"circuit": circ.loss, "full": full.loss, "empty": empty.loss},
