@@ -119,7 +119,9 @@ def pruned(stdlib_tokenizers):
     g = torch.Generator().manual_seed(3)
     windows = torch.randint(0, 1024, (8, 64), generator=g)
     means = mean_activations(model, [windows])
-    result = prune_task(model, data, PruneConfig(steps=3, batch_size=8, effect_examples=4), means=means)
+    # target = the full model's own loss (a random model is far above 0.15): a non-empty circuit
+    cfg = PruneConfig(steps=3, batch_size=8, effect_examples=4, target_loss=1e-6, target_slack=0.0)
+    result = prune_task(model, data, cfg, means=means)
     return model, tok, windows, means, result.circuit
 
 
