@@ -22,9 +22,9 @@ def _cache(args: argparse.Namespace) -> Path:
 def cmd_quickstart(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.cli import collect
     from sparsecircuits.discover.prune import PruneConfig
-    from sparsecircuits.quickstart import ASSETS, QUICKSTART_PRUNING, run_quickstart
+    from sparsecircuits.quickstart import ASSETS, run_quickstart
 
-    cfg = collect(args, PruneConfig, QUICKSTART_PRUNING)
+    cfg = collect(args, PruneConfig, {})
     sparse, dense = ASSETS / "sparse", ASSETS / "dense"
     if args.retrain:
         sparse, dense = _retrain(args, console)

@@ -78,11 +78,6 @@ def _load_pair(sparse: Path, dense: Path) -> tuple[Checkpoint, Checkpoint]:
     return s, d
 
 
-# The quickstart prunes ~10 circuits on 2 CPU cores in a few minutes: half the gate steps of the
-# `prune` default at twice the learning rate (the gates still traverse [-1, 1]).
-QUICKSTART_PRUNING = {"steps": 150, "lr": 0.02}
-
-
 def run_quickstart(
     out_dir: Path,
     cache_dir: Path,
@@ -96,7 +91,7 @@ def run_quickstart(
 ) -> QuickstartReport:
     """See the module docstring."""
     t0 = time.perf_counter()
-    cfg = prune_cfg or PruneConfig(**QUICKSTART_PRUNING)
+    cfg = prune_cfg or PruneConfig()
     out_dir = Path(out_dir)
     s, d = _load_pair(sparse_path, dense_path)
     tok = load_tokenizer(s.tokenizer_path)  # type: ignore[arg-type]
