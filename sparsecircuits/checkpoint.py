@@ -18,9 +18,7 @@ unpickled: tensors come from safetensors, everything else from JSON.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from sparsecircuits.atomic import atomic_dir
 from sparsecircuits.model.config import ModelConfig
 from sparsecircuits.model.transformer import Transformer
 
@@ -73,9 +72,7 @@ def save_checkpoint(
     loading casts them back to the model's float32 parameters.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.tmp-"))
-    try:
+    with atomic_dir(path) as tmp:
         (tmp / CONFIG).write_text(json.dumps(model.cfg.to_dict(), indent=2, sort_keys=True))
         tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         if dtype is not None:
@@ -86,35 +83,7 @@ def save_checkpoint(
         if train_state is not None:
             save_file({k: v.detach().to("cpu").contiguous() for k, v in train_state.items()}, str(tmp / TRAIN_STATE))
         (tmp / META).write_text(json.dumps(meta or {}, indent=2, sort_keys=True))
-        _fsync_dir(tmp)
-        _normal_permissions(tmp)
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old-{os.getpid()}")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
-
-
-def _normal_permissions(folder: Path) -> None:
-    """mkdtemp makes 0700 folders (and safetensors may write 0600 files): give the checkpoint the
-    permissions a plainly created folder would have, so other users of a shared install can read it."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(folder, 0o777 & ~umask)
-    for f in folder.iterdir():
-        os.chmod(f, 0o666 & ~umask)
-
-
-def _fsync_dir(folder: Path) -> None:
-    for f in folder.iterdir():
-        with open(f, "rb") as fh:
-            os.fsync(fh.fileno())
 
 
 def step_dir(run_dir: Path, step: int) -> Path:
