@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import os
 import sys
 import time
@@ -122,15 +123,11 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--model", default=None,
                    help="evaluate a Hugging Face model instead: a local folder or a name in the HF cache "
                         "(downloaded only if online and huggingface_hub is installed)")
-    from sparsecircuits.cli_view import add_parser as add_view_parser
-
-    add_view_parser(sub)
-    from sparsecircuits.cli_dict import add_parsers as add_dict_parsers
-
-    add_dict_parsers(sub)
-    from sparsecircuits.cli_discover import add_parsers as add_discover_parsers
-
-    add_discover_parsers(sub)
+    for module_name in COMMAND_MODULES:
+        before = set(sub.choices)
+        importlib.import_module(f"sparsecircuits.{module_name}").add_parsers(sub)
+        for command in set(sub.choices) - before:
+            _MODULE_OF[command] = module_name
     return parser
 
 
@@ -193,35 +190,20 @@ def _circuit_command(name: str):  # noqa: ANN202
     return run
 
 
-def _dict_command(name: str):  # noqa: ANN202
-    def run(args: argparse.Namespace) -> int:
-        from sparsecircuits import cli_dict
-
-        return cli_dict.COMMANDS[name](args, console)
-
-    return run
-
-
-def _discover_command(name: str):  # noqa: ANN202
-    def run(args: argparse.Namespace) -> int:
-        from sparsecircuits import cli_discover
-
-        return cli_discover.COMMANDS[name](args, console)
-
-    return run
-
-
-def _cmd_view(args: argparse.Namespace) -> int:
-    from sparsecircuits.cli_view import cmd_view
-
-    return cmd_view(args, console)
-
-
 COMMANDS = {"train": cmd_train, "info": cmd_info, "export": cmd_export,
-            **{n: _circuit_command(n) for n in ("quickstart", "prune", "compare", "tasks")},
-            "view": _cmd_view,
-            **{n: _dict_command(n) for n in ("train-dict", "eval-dict", "features", "convert-dict")},
-            **{n: _discover_command(n) for n in ("discover", "compare-circuits", "heads")}}
+            **{n: _circuit_command(n) for n in ("quickstart", "prune", "compare", "tasks")}}
+
+# Command families: each is a module `sparsecircuits.<name>` with `add_parsers(sub)` and
+# `COMMANDS = {command: fn(args, console) -> exit code}`. Add a family by adding its module here.
+COMMAND_MODULES = ("cli_view", "cli_dict", "cli_discover")
+_MODULE_OF: dict[str, str] = {}  # command -> module, filled by build_parser
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in COMMANDS:
+        return COMMANDS[args.command](args)
+    module = importlib.import_module(f"sparsecircuits.{_MODULE_OF[args.command]}")
+    return module.COMMANDS[args.command](args, console)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -229,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return _dispatch(args)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
         if os.environ.get("SPARSECIRCUITS_DEBUG"):
             raise

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parsers(sub: argparse._SubParsersAction) -> None:
     from sparsecircuits.cli import add_config_flags
     from sparsecircuits.viz.report import ViewConfig
 
@@ -55,3 +55,6 @@ def cmd_view(args: argparse.Namespace, console: Console) -> int:
         bisection_plot(circuit, png)
         console.print(f"faithfulness-vs-size curve -> {png}")
     return 0
+
+
+COMMANDS = {"view": cmd_view}
