@@ -34,14 +34,17 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "sparsecircuits"
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str) -> None:
-    """One flag per dataclass field; defaults are SUPPRESSed so we can tell what the user set."""
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str, prefix: str = "") -> None:
+    """One flag per dataclass field (`--{prefix}{field}`); defaults are SUPPRESSed so we can tell what
+    the user set. Nested config dataclasses are not flags: give them their own call (with a prefix)."""
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
         if f.name in HIDDEN_FIELDS:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = "--" + prefix + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        if dataclasses.is_dataclass(default):
+            continue
         help_text = f"{f.metadata.get('help', '')} (default: {_show(default)})"
         kind = str(f.type)
         kw: dict[str, Any] = dict(dest=f"{cls.__name__}.{f.name}", default=argparse.SUPPRESS, help=help_text)
@@ -207,9 +210,12 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sparsecircuits import distributed
     from sparsecircuits.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
+    # Under torchrun only rank 0 talks; training commands start the process group themselves.
+    console.quiet = os.environ.get("RANK", "0") != "0" or console.quiet
     try:
         return _dispatch(args)
     except (CheckpointError, ValueError, FileNotFoundError) as e:
@@ -220,6 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         console.print("[yellow]interrupted[/]: the newest checkpoint is intact; rerun with --resume to continue")
         return 130
+    finally:
+        distributed.shutdown()
 
 
 if __name__ == "__main__":

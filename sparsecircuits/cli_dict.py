@@ -79,6 +79,7 @@ def _windows(model, data, batches: int, batch_size: int):  # noqa: ANN001, ANN20
 
 
 def cmd_train_dict(args: argparse.Namespace, console: Console) -> int:
+    from sparsecircuits import distributed
     from sparsecircuits.ablation import weights_fingerprint
     from sparsecircuits.checkpoint import load_checkpoint
     from sparsecircuits.cli import collect
@@ -102,14 +103,18 @@ def cmd_train_dict(args: argparse.Namespace, console: Console) -> int:
             for w, k in itertools.product(args.width, ks)]
     data = checkpoint_tokens(ck, _cache(args))
     store = None
+    ctx = distributed.init_from_env(str(next(model.parameters()).device))  # no-op unless under torchrun
     if args.store is not None:
         hooks = sorted({args.hook, out_hook})
         seqs = max(1, cfg.buffer_tokens // model.cfg.n_ctx)
         src = ModelActivations(model, data.train, hooks, seqs, cfg.seed, cfg.model_batch)
         n_chunks = max(1, -(-(args.store_tokens or cfg.tokens) // src.chunk_tokens))
         key = store_key(weights_fingerprint(model), data.fingerprint, hooks, seqs, cfg.seed, n_chunks)
-        with console.status(f"storing activations in {args.store}"):
-            store = store_activations(src, args.store, n_chunks, key).folder
+        if ctx.is_main:  # rank 0 writes the store; the others then find it complete and reuse it
+            with console.status(f"storing activations in {args.store}"):
+                store_activations(src, args.store, n_chunks, key)
+        ctx.barrier()
+        store = store_activations(src, args.store, n_chunks, key).folder
     names = ", ".join(c.name for c in cfgs)
     console.print(f"[bold]Training {len(cfgs)} dictionar{'y' if len(cfgs) == 1 else 'ies'}[/] ({names}) on "
                   f"{args.hook}{' -> ' + out_hook if out_hook != args.hook else ''}: {cfg.steps} steps of "

@@ -7,6 +7,12 @@
 fields in `RESUMABLE` may change), truncates metrics.jsonl to that step, and reproduces the
 uninterrupted run exactly: batches depend only on (seed, step) and the optimizer moments and RNG
 state are restored. The library never prints; progress goes to the `on_step` / `on_data` callbacks.
+
+Under torchrun (`distributed.py`) every process runs `train_run`: `batch_size` stays the global batch
+and each rank trains on its rows of it through DDP; rank 0 prepares the data first (it may train the
+tokenizer and fill the token cache) and hands the tokenizer to the others, validation windows are
+split over the ranks, and rank 0 alone writes checkpoints and metrics and calls the callbacks. A
+checkpoint holds no trace of the world size, so a run can resume with any number of processes.
 """
 
 from __future__ import annotations
@@ -20,8 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from tokenizers import Tokenizer
+from torch.nn.parallel import DistributedDataParallel
 
 from sparsecircuits import checkpoint as ckpt
+from sparsecircuits import distributed
 from sparsecircuits.data.batches import (
     TokenData,
     bigram_baseline_loss,
@@ -45,7 +54,8 @@ from sparsecircuits.train import (
 )
 
 # TrainConfig fields that may differ on --resume without changing the training trajectory.
-RESUMABLE = ("val_every", "ckpt_every", "keep_checkpoints", "log_every", "device", "threads")
+RESUMABLE = ("val_every", "ckpt_every", "keep_checkpoints", "log_every", "device", "threads", "compile",
+             "fused_adam")
 
 
 @dataclass
@@ -124,7 +134,11 @@ def restore_optimizer(model: Transformer, opt: torch.optim.Optimizer, tensors: d
         p = params[name]
         if field != "step" and value.shape != p.shape:
             raise ckpt.CheckpointError(f"optimizer state {key}: shape {tuple(value.shape)} vs {tuple(p.shape)}")
-        opt.state[p][field] = value.to(p.device) if field != "step" else value
+        if field == "step":  # the fused kernel keeps its step counts on the parameters' device
+            fused = any(g.get("fused") for g in opt.param_groups)
+            opt.state[p][field] = value.to(p.device, torch.float32) if fused else value
+        else:
+            opt.state[p][field] = value.to(p.device)
 
 
 def _resume_spec(spec: RunSpec, folder: Path) -> tuple[RunSpec, dict[str, Any]]:
@@ -153,25 +167,53 @@ class _State:
     opt: torch.optim.Optimizer
     start: int
     bigram: float
+    ctx: distributed.DistContext
 
 
-def _setup(spec: RunSpec, out_dir: Path, cache_dir: Path, resume: bool, on_data: Any) -> _State:
+def _locate(out_dir: Path, resume: bool) -> str | None:
+    """The checkpoint to resume from (None for a fresh run), after checking the folder's state."""
     existing = ckpt.list_steps(out_dir)
     if existing and not resume:
         raise ValueError(f"{str(out_dir)!r} already holds checkpoints; pass resume (--resume) or another output folder")
     if resume and not existing:
         raise ValueError(f"cannot resume: no checkpoint in {str(out_dir)!r}")
+    return str(existing[-1]) if resume else None
+
+
+def _data(spec: RunSpec, cache_dir: Path, tok: Tokenizer | None, on_data: Any, ctx: distributed.DistContext) -> TokenData:
+    """Rank 0 prepares the data (training the tokenizer if needed), then the others with its tokenizer."""
+    mine: dict[str, TokenData] = {}
+
+    def first() -> str:
+        mine["data"] = prepare_data(spec.data, cache_dir, tokenizer=tok, progress=on_data)
+        return mine["data"].tokenizer.to_str()
+
+    tok_json = ctx.agree(first)
+    data = mine.get("data") or prepare_data(spec.data, cache_dir, tokenizer=Tokenizer.from_str(tok_json))
+    if len(set(ctx.gather_objects(data.fingerprint))) > 1:
+        raise ValueError("the ranks read different training data (corpus fingerprints differ); every node "
+                         "needs the same sources")
+    return data
+
+
+def _setup(spec: RunSpec, out_dir: Path, cache_dir: Path, resume: bool, on_data: Any,
+           ctx: distributed.DistContext) -> _State:
+    found = ctx.agree(lambda: _locate(out_dir, resume))
     folder, meta, tok = None, {}, None
-    if resume:
-        folder = existing[-1]
+    if found is not None:
+        folder = Path(found)
+        if not (folder / ckpt.META).exists():
+            raise ValueError(f"rank {ctx.rank} cannot see checkpoint {found!r}: the run folder must be on a "
+                             "filesystem shared by every node")
         spec, meta = _resume_spec(spec, folder)
         tok = load_tokenizer(folder / ckpt.TOKENIZER)
-    data = prepare_data(spec.data, cache_dir, tokenizer=tok, progress=on_data)
+    data = _data(spec, cache_dir, tok, on_data, ctx)
     if resume and meta.get("data_fingerprint") != data.fingerprint:
         raise ValueError("cannot resume: the training data changed since the run started (fingerprint differs)")
     spec = dataclasses.replace(spec, model=dataclasses.replace(spec.model, d_vocab=data.tokenizer.get_vocab_size()))
+    ctx.shard_rows(spec.train.batch_size, "TrainConfig.batch_size")  # fail early when it does not split
     torch.manual_seed(spec.train.seed)
-    device = resolve_device(spec.train.device)
+    device = distributed.process_device(ctx, resolve_device(spec.train.device))
     model = Transformer(spec.model).to(device)
     opt = make_optimizer(model, spec.train)
     if folder is not None:
@@ -180,12 +222,22 @@ def _setup(spec: RunSpec, out_dir: Path, cache_dir: Path, resume: bool, on_data:
         assert loaded.train_state is not None
         restore_optimizer(model, opt, loaded.train_state)
         torch.set_rng_state(loaded.train_state["rng.torch"])
-        return _State(spec, data, model, opt, int(meta["step"]), float(meta["bigram_baseline"]))
-    bigram = bigram_baseline_loss(data.train, data.val, data.tokenizer.get_vocab_size())
-    return _State(spec, data, model, opt, 0, bigram)
+        return _State(spec, data, model, opt, int(meta["step"]), float(meta["bigram_baseline"]), ctx)
+    bigram = ctx.agree(lambda: bigram_baseline_loss(data.train, data.val, data.tokenizer.get_vocab_size()))
+    return _State(spec, data, model, opt, 0, bigram, ctx)
 
 
-def _save(st: _State, out_dir: Path, step: int, metrics: dict[str, Any]) -> Path:
+def _save(st: _State, out_dir: Path, step: int, metrics: dict[str, Any]) -> Path | None:
+    """Write a checkpoint from rank 0 after checking that every rank holds the same weights."""
+    distributed.check_replicas(st.ctx, dict(st.model.named_parameters()))
+    path = None
+    if st.ctx.is_main:
+        path = _write(st, out_dir, step, metrics)
+    st.ctx.barrier()  # nobody moves on (or exits and resumes) before the checkpoint is complete
+    return path
+
+
+def _write(st: _State, out_dir: Path, step: int, metrics: dict[str, Any]) -> Path:
     state = optimizer_tensors(st.model, st.opt)
     state["rng.torch"] = torch.get_rng_state()
     meta = {
@@ -207,6 +259,26 @@ def _save(st: _State, out_dir: Path, step: int, metrics: dict[str, Any]) -> Path
     return path
 
 
+def _val_loss(st: _State, windows: list[torch.Tensor], device: torch.device) -> float:
+    """Validation loss; with several processes each evaluates every world_size-th window."""
+    ctx, precision = st.ctx, st.spec.train.precision
+    if not ctx.enabled:
+        return evaluate(st.model, windows, device, precision)
+    mine = windows[ctx.rank :: ctx.world_size]
+    total = evaluate(st.model, mine, device, precision) * len(mine) if mine else 0.0
+    return ctx.mean([total])[0] * ctx.world_size / len(windows)
+
+
+def _runner(st: _State, device: torch.device) -> torch.nn.Module:
+    """What runs the forward pass: the model, in DDP across processes, compiled if asked."""
+    runner: torch.nn.Module = st.model
+    if st.ctx.enabled:
+        runner = DistributedDataParallel(st.model, device_ids=[device.index] if device.type == "cuda" else None)
+    if st.spec.train.compile:
+        runner = torch.compile(runner)  # type: ignore[assignment]
+    return runner
+
+
 def train_run(
     spec: RunSpec,
     out_dir: Path,
@@ -217,43 +289,54 @@ def train_run(
     on_data: Callable[[str, int, int], None] | None = None,
     should_stop: Callable[[int], bool] | None = None,
 ) -> RunResult:
-    """Train (or resume) a run; see the module docstring. `should_stop(step)` ends it early, as a kill would."""
+    """Train (or resume) a run; see the module docstring. `should_stop(step)` ends it early, as a kill
+    would (under torchrun it must give the same answer on every rank). Callbacks run on rank 0 only."""
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = distributed.init_from_env(spec.train.device)
+    if not ctx.is_main:
+        on_step = on_data = None
+    if ctx.is_main:
+        out_dir.mkdir(parents=True, exist_ok=True)
     if spec.train.threads:
         torch.set_num_threads(spec.train.threads)
-    st = _setup(spec, out_dir, Path(cache_dir), resume, on_data)
+    st = _setup(spec, out_dir, Path(cache_dir), resume, on_data, ctx)
     cfg, model = st.spec.train, st.model
     device = next(model.parameters()).device
     autocast = lambda: autocast_for(device, cfg.precision)  # noqa: E731
+    runner = _runner(st, device)
+    rows = ctx.shard_rows(cfg.batch_size, "TrainConfig.batch_size")
     windows = val_windows(st.data.val, cfg.val_batches, cfg.batch_size, st.spec.model.n_ctx)
     metrics_path = out_dir / "metrics.jsonl"
-    _truncate_metrics(metrics_path, st.start)
+    if ctx.is_main:
+        _truncate_metrics(metrics_path, st.start)
     last = {"loss": None, "val_loss": None}
     path, t0, tokens = None, time.perf_counter(), 0
     model.train()
     for step in range(st.start, cfg.steps):
-        tokens_BT = sample_batch(st.data.train, cfg.batch_size, st.spec.model.n_ctx, cfg.seed, step).to(device)
+        # The step's global batch is the same at any world size; this rank trains on its rows.
+        batch_BT = sample_batch(st.data.train, cfg.batch_size, st.spec.model.n_ctx, cfg.seed, step)
+        tokens_BT = batch_BT[rows].to(device)
         inp = StepInput(tokens_BT, step, cfg.lr_at(step), cfg.kept(step))
-        out = train_step(model, st.opt, cfg, inp, autocast)
-        done, tokens = step + 1, tokens + tokens_BT[:, :-1].numel()
+        out = train_step(model, st.opt, cfg, inp, autocast, forward=runner)
+        loss = ctx.mean([out.loss])[0] if ctx.enabled else out.loss
+        done, tokens = step + 1, tokens + batch_BT[:, :-1].numel()
         val = None
         if done == cfg.steps or (cfg.val_every and done % cfg.val_every == 0):
-            val = evaluate(model, windows, device, cfg.precision)
+            val = _val_loss(st, windows, device)
             last["val_loss"] = val
-        last["loss"] = out.loss
+        last["loss"] = loss
         tps = tokens / max(time.perf_counter() - t0, 1e-9)
-        if done % cfg.log_every == 0 or val is not None or done == cfg.steps:
-            rec = {"step": done, "loss": out.loss, "lr": inp.lr, "grad_rms": out.grad_rms,
+        if ctx.is_main and (done % cfg.log_every == 0 or val is not None or done == cfg.steps):
+            rec = {"step": done, "loss": loss, "lr": inp.lr, "grad_rms": out.grad_rms,
                    "kept_hidden": inp.kept["hidden"], "kept_embed": inp.kept["embed"], "tokens_per_s": tps}
             if val is not None:
                 rec["val_loss"] = val
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
         if done == cfg.steps or (cfg.ckpt_every and done % cfg.ckpt_every == 0):
-            path = _save(st, out_dir, done, {**last, "bigram_baseline": st.bigram})
+            path = _save(st, out_dir, done, {**last, "bigram_baseline": st.bigram}) or path
         if on_step is not None:
-            on_step(StepReport(done, cfg.steps, out.loss, inp.lr, inp.kept["hidden"], tps, val))
+            on_step(StepReport(done, cfg.steps, loss, inp.lr, inp.kept["hidden"], tps, val))
         if should_stop is not None and should_stop(done) and done < cfg.steps:
             return RunResult(out_dir, path, done, last["loss"], last["val_loss"], st.bigram, True)
     latest = ckpt.list_steps(out_dir)

@@ -13,12 +13,18 @@ One step (`train_step`):
 Batches are a pure function of (seed, step), and the model, optimizer moments and RNG state are
 checkpointed, so a run killed at any point and resumed from its last checkpoint reproduces the
 uninterrupted run exactly (on the same device and thread count).
+
+GPU path: bf16 autocast (`precision`), the fused Adam kernel (`fused_adam`) and `torch.compile`
+(`compile`) are used only on CUDA by default; on the CPU the step is plain fp32 eager PyTorch.
+Several processes (torchrun, `distributed.py`) run the forward/backward through a DDP wrapper, so
+the gradients are averaged before step 2 and every later step is identical on every rank.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,6 +38,7 @@ from sparsecircuits.model.transformer import Transformer
 from sparsecircuits.sparsity import kept_fraction, project_, target_nonzeros
 
 PRECISIONS = ("auto", "fp32", "bf16")
+_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 @dataclass
@@ -61,6 +68,8 @@ class TrainConfig:
     device: str = opt("auto", "torch device: auto (cuda if available) | cpu | cuda | cuda:N")
     precision: str = opt("auto", f"compute precision: {' | '.join(PRECISIONS)} (auto = bf16 on GPU, fp32 on CPU)")
     threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
+    compile: bool = opt(False, "torch.compile the forward pass (mostly useful on GPU; on CPU it needs a C++ compiler)")
+    fused_adam: bool = opt(True, "use the fused Adam kernel when training on CUDA (never on CPU)")
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "val_batches", "keep_checkpoints", "log_every")
@@ -83,6 +92,8 @@ class TrainConfig:
             raise ValueError("TrainConfig.beta1 and beta2 must be in [0, 1)")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if not _DEVICE_RE.fullmatch(self.device):
+            raise ValueError(f"TrainConfig.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
 
     def kept(self, step: int) -> dict[str, float]:
         """Scheduled kept fraction per weight group at a step (1.0 everywhere for the dense twin)."""
@@ -136,8 +147,11 @@ class StepOutput:
 
 
 def make_optimizer(model: Transformer, cfg: TrainConfig) -> torch.optim.Adam:
-    """Plain Adam; weight decay is applied by hand in `train_step`, after the projection."""
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps)
+    """Plain Adam; weight decay is applied by hand in `train_step`, after the projection.
+    On CUDA with `fused_adam` the fused kernel runs it (same update, one launch)."""
+    fused = cfg.fused_adam and next(model.parameters()).device.type == "cuda"
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps,
+                            fused=True if fused else None)
 
 
 def decayed_params(model: Transformer) -> list[Tensor]:
@@ -151,10 +165,15 @@ def train_step(
     cfg: TrainConfig,
     inp: StepInput,
     autocast: Callable[[], Any],
+    forward: torch.nn.Module | None = None,
 ) -> StepOutput:
-    """One optimisation step (see the module docstring for the order of operations)."""
+    """One optimisation step (see the module docstring for the order of operations).
+
+    `forward` runs the forward pass instead of `model` itself: a DDP and/or `torch.compile` wrapper
+    of `model` (the parameters, projection and decay are always `model`'s own).
+    """
     with autocast():
-        loss = lm_loss(model, inp.tokens)
+        loss = lm_loss(forward if forward is not None else model, inp.tokens)  # type: ignore[arg-type]
     loss.backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     sq = torch.stack([g.float().pow(2).sum() for g in grads]).sum()

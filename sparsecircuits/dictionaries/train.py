@@ -18,6 +18,13 @@
      dead-feature counters at the same step, plus an exported SAELens folder per dictionary;
      `resume=True` continues exactly (batches are a pure function of (seed, step)).
 The library never prints; progress goes to `on_step(SweepReport)`.
+
+Under torchrun (`distributed.py`) `batch_size` is the global batch: each rank trains on its rows of
+the step's batch, gradients are averaged with one all-reduce per dictionary (its step does not run
+through `forward`, so not through a DDP wrapper), firing flags are OR-ed and running buffers
+(BatchTopK's threshold) averaged, resampling sees the gathered global batch, and rank 0 alone writes.
+Every rank computes the activation chunks itself; with an activation store it only reads them.
+BatchTopK's top-k and the aux-k normalisation are then per rank's share of the batch.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from sparsecircuits import distributed
 from sparsecircuits.atomic import atomic_dir
 from sparsecircuits.checkpoint import CheckpointError, read_json, read_tensors
 from sparsecircuits.config_utils import opt
@@ -168,8 +176,10 @@ class SweepResult:
     stopped_early: bool
 
 
-def train_step(d: Dictionary, opt: torch.optim.Adam, inp: StepInput, aux_k: int, aux_coef: float) -> TrainStepOutput:
-    """One optimizer step of one dictionary (see the module docstring, step 5)."""
+def train_step(d: Dictionary, opt: torch.optim.Adam, inp: StepInput, aux_k: int, aux_coef: float,
+               sync: Callable[[], None] | None = None) -> TrainStepOutput:
+    """One optimizer step of one dictionary (see the module docstring, step 5); `sync` runs right
+    after the backward pass (the gradient all-reduce across processes)."""
     for group in opt.param_groups:
         group["lr"] = inp.lr
     pre_BF = d.pre_acts(inp.x)
@@ -186,6 +196,8 @@ def train_step(d: Dictionary, opt: torch.optim.Adam, inp: StepInput, aux_k: int,
     loss = mse + terms.penalty + aux_coef * aux
     opt.zero_grad(set_to_none=True)
     loss.backward()
+    if sync is not None:
+        sync()
     if d.unit_decoder and d.W_dec.grad is not None:
         with torch.no_grad():  # remove the gradient component that would change the row norms
             W, g = d.W_dec, d.W_dec.grad
@@ -302,6 +314,10 @@ def _save(out_dir: Path, step: int, trainees: list[Trainee], cfgs: list[DictConf
     return paths
 
 
+def _paths(out_dir: Path, trainees: list[Trainee]) -> dict[str, Path]:
+    return {t.name: out_dir / t.name for t in trainees}
+
+
 def train_dictionaries(
     model: Transformer,
     tokens: np.ndarray,
@@ -317,6 +333,8 @@ def train_dictionaries(
 ) -> SweepResult:
     """Train several dictionaries on one activation stream; see the module docstring."""
     out_dir, meta = Path(out_dir), dict(meta or {})
+    ctx = distributed.init_from_env(next(model.parameters()).device.type)
+    rows = ctx.shard_rows(cfg.batch_size, "DictTrainConfig.batch_size")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     _check_configs(model, cfgs)
@@ -353,40 +371,48 @@ def train_dictionaries(
     resample_steps = {int(f * cfg.steps) for f in cfg.resample_at}
     metrics_path = out_dir / "metrics.jsonl"
     out_dir.mkdir(parents=True, exist_ok=True)
-    if metrics_path.exists():  # drop lines past the checkpoint we resume from
+    if not ctx.is_main:
+        on_step = None
+    elif metrics_path.exists():  # drop lines past the checkpoint we resume from
         keep = [ln for ln in metrics_path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= start]
         metrics_path.write_text("".join(ln + "\n" for ln in keep))
     elif resume:
         metrics_path.touch()
     t0, n_tok, paths, stats = time.perf_counter(), 0, {}, []
     for step in range(start, cfg.steps):
-        batch = batches.batch(step)
+        batch = {h: a[rows] for h, a in batches.batch(step).items()}  # this rank's rows of the global batch
         stats = []
         for t, c in zip(trainees, cfgs):
             x, y = batch[c.hook] * t.scale_in, batch[c.out_hook] * t.scale_out
             s = cfg.sparsity_scale(step)
             coefs = SparsityCoefs(cfg.l1_coef * s, cfg.l0_coef * s, cfg.bandwidth)
             dead = t.since_fired >= cfg.dead_tokens
+            sync = (lambda d=t.dictionary: distributed.average_grads_(ctx, d.parameters())) if ctx.enabled else None
             out = train_step(t.dictionary, t.opt, StepInput(x, y, cfg.lr_at(step), coefs, dead),
-                             cfg.aux_k or max(1, c.d_out // 2), cfg.aux_coef)
-            t.since_fired = torch.where(out.fired, 0, t.since_fired + x.shape[0])
+                             cfg.aux_k or max(1, c.d_out // 2), cfg.aux_coef, sync)
+            distributed.average_buffers_(ctx, t.dictionary)
+            t.since_fired = torch.where(ctx.any_(out.fired), 0, t.since_fired + cfg.batch_size)
             if c.arch == "relu" and step in resample_steps:
                 g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-                resample_dead_(t, x, y, t.since_fired >= cfg.dead_tokens, g)
+                resample_dead_(t, ctx.gather_rows(x), ctx.gather_rows(y), t.since_fired >= cfg.dead_tokens, g)
             dead_frac = float((t.since_fired >= cfg.dead_tokens).float().mean())
-            stats.append(DictStats(t.name, out.loss, out.fvu, out.l0, dead_frac))
+            loss, fvu, l0 = ctx.mean([out.loss, out.fvu, out.l0])  # averaged over the ranks' rows
+            stats.append(DictStats(t.name, loss, fvu, l0, dead_frac))
         done = step + 1
         n_tok += cfg.batch_size
         tps = n_tok / max(time.perf_counter() - t0, 1e-9)
-        if done % cfg.log_every == 0 or done == cfg.steps:
+        if ctx.is_main and (done % cfg.log_every == 0 or done == cfg.steps):
             with open(metrics_path, "a") as f:
                 f.write(json.dumps({"step": done, "tokens_per_s": tps, "dicts": [dataclasses.asdict(s) for s in stats]}) + "\n")
         if done == cfg.steps or (cfg.ckpt_every and done % cfg.ckpt_every == 0):
-            paths = _save(out_dir, done, trainees, cfgs, cfg, meta)
+            distributed.check_replicas(ctx, {f"{t.name}.{k}": v for t in trainees
+                                             for k, v in t.dictionary.state_dict().items()})
+            paths = _save(out_dir, done, trainees, cfgs, cfg, meta) if ctx.is_main else _paths(out_dir, trainees)
+            ctx.barrier()
         if on_step is not None:
             on_step(SweepReport(done, cfg.steps, tps, stats))
         if should_stop is not None and should_stop(done) and done < cfg.steps:
             return SweepResult(out_dir, done, paths, stats, True)
     if not paths:  # resumed at the final step
-        paths = {t.name: out_dir / t.name for t in trainees}
+        paths = _paths(out_dir, trainees)
     return SweepResult(out_dir, cfg.steps, paths, stats, False)
