@@ -29,7 +29,7 @@ SCHEMA = "sparsecircuits-circuit-v1"
 @dataclass(frozen=True)
 class Node:
     site: str  # hook name, e.g. "blocks.0.attn.hook_q"; "logits" for logit nodes
-    index: int  # channel (flattened), neuron, head, feature or token id
+    index: int  # channel (flattened), neuron, head, feature or token id; -1 for a dictionary error term
     kind: str
     layer: int  # block index; -1 for embeddings, n_layers for logits
     position: int | None = None  # None = all positions

@@ -1,6 +1,6 @@
 """Binary next-token contrast tasks; importing this package registers the built-in tasks."""
 
-from sparsecircuits.tasks import python_names, python_statements, python_syntax, sequences  # noqa: F401  (registers the tasks)
+from sparsecircuits.tasks import agreement, python_names, python_statements, python_syntax, sequences  # noqa: F401  (registers the tasks)
 from sparsecircuits.tasks.base import (
     TASKS,
     Example,
