@@ -262,3 +262,19 @@ def test_feature_examples_match_brute_force(tmp_path):
     save_feature_examples(ex, tmp_path / "f")
     back = load_feature_examples(tmp_path / "f")
     assert torch.equal(back.contexts, ex.contexts) and back.hook == hook and back.source == "neurons"
+
+
+def test_cache_until_follows_forward_order_not_registration_order():
+    """`mlp.hook_post` is registered before `hook_attn_out` but runs after it: both must be cached."""
+    from sparsecircuits.dictionaries.activations import cache_until
+
+    model = tiny_model()
+    tokens = torch.randint(0, model.cfg.d_vocab, (2, 8))
+    hooks = ["blocks.0.hook_attn_out", "blocks.0.mlp.hook_post"]
+    got = cache_until(model, tokens, hooks)
+    _, cache = model.run_with_cache(tokens, names_filter=hooks)
+    assert set(got) == set(hooks)
+    for h in hooks:
+        torch.testing.assert_close(got[h], cache[h])
+    with pytest.raises(ValueError, match="hook_atn_out"):
+        cache_until(model, tokens, ["blocks.0.hook_atn_out"])

@@ -63,7 +63,9 @@ class _StopForward(Exception):
 def cache_until(model: Transformer, tokens: Tensor, hooks: Sequence[str]) -> dict[str, Tensor]:
     """Activations at `hooks`, running the model only up to the last of them (later layers, the
     unembedding and the bigram table are skipped: 2-4x less work for early hooks)."""
-    order = list(model.hook_points)
+    order = model.execution_order()
+    for h in hooks:  # unknown names: a clear error, not a failed lookup below
+        model.resolve_hook_names(h)
     last = max(hooks, key=order.index)
     store: dict[str, Tensor] = {}
 
@@ -84,7 +86,7 @@ def cache_until(model: Transformer, tokens: Tensor, hooks: Sequence[str]) -> dic
 
 def hook_order(model: Transformer, hook: str, out_hook: str) -> None:
     """A transcoder's input hook must run before its output hook in the forward pass."""
-    names = list(model.hook_points)
+    names = model.execution_order()
     if names.index(hook) > names.index(out_hook):
         raise ValueError(f"transcoder input hook {hook!r} runs after its output hook {out_hook!r}")
 

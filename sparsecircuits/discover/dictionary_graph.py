@@ -83,16 +83,8 @@ class NodeEffects:
 # --- sites -------------------------------------------------------------------------------------------
 
 def execution_order(model: Transformer) -> list[str]:
-    """Hook names in the order a forward pass runs them (module registration order differs)."""
-    seen: dict[str, None] = {}
-
-    def note(x: Tensor, hook: HookPoint) -> None:
-        seen.setdefault(hook.name, None)
-
-    device = next(model.parameters()).device
-    with torch.no_grad(), model.hooks([(lambda n: True, note)]):
-        model(torch.zeros(1, 2, dtype=torch.long, device=device))
-    return list(seen)
+    """Hook names in forward order (`Transformer.execution_order`)."""
+    return model.execution_order()
 
 
 def _layer(hook: str) -> int:

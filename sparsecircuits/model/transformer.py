@@ -336,6 +336,18 @@ class Transformer(HookedModule):
         init_weights(self)
         self.setup_hooks()
 
+    def execution_order(self) -> list[str]:
+        """Hook names in the order a forward pass runs them (registration order differs: e.g.
+        `mlp.hook_post` is registered before `hook_attn_out`). Found with one 2-token forward."""
+        seen: dict[str, None] = {}
+
+        def note(x: Tensor, hook: HookPoint) -> None:
+            seen.setdefault(hook.name, None)
+
+        with torch.no_grad(), self.hooks([(lambda name: True, note)]):
+            self(torch.zeros(1, 2, dtype=torch.long, device=self.W_E.device))
+        return list(seen)
+
     def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
         self._check_tokens(tokens)
         # F.embedding, not W[tokens]: its CPU backward is deterministic (index_put_ accumulate is not),
