@@ -107,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--solve-threshold", type=float, default=0.9,
                    help="accuracy of the sparse model from which a task counts as solved and is pruned")
     q.add_argument("--cache-dir", type=Path, default=None, help="cache (default: $SPARSECIRCUITS_CACHE or ~/.cache/sparsecircuits)")
+    q.add_argument("--workers", type=int, default=0,
+                   help="prunes run at once, each in its own process (default: 0 = one per CPU core; 1 = in-process)")
     add_config_flags(q, PruneConfig, "pruning")
     pr = sub.add_parser("prune", help="prune a task circuit in a checkpoint (Gao et al. learned masks)")
     pr.add_argument("checkpoint", type=Path, help="checkpoint folder or run folder")
@@ -199,6 +201,7 @@ COMMANDS = {"train": cmd_train, "info": cmd_info, "export": cmd_export,
 # Command families: each is a module `sparsecircuits.<name>` with `add_parsers(sub)` and
 # `COMMANDS = {command: fn(args, console) -> exit code}`. Add a family by adding its module here.
 COMMAND_MODULES = ("cli_view", "cli_dict", "cli_discover", "cli_features")
+                   "cli_shift", "cli_clusters")
 _MODULE_OF: dict[str, str] = {}  # command -> module, filled by build_parser
 
 

@@ -31,7 +31,7 @@ def cmd_quickstart(args: argparse.Namespace, console: Console) -> int:
     console.print(f"[bold]sparsecircuits quickstart[/]: circuits in {sparse} vs its dense twin -> {args.out}")
     with console.status("working") as status:
         report = run_quickstart(args.out, _cache(args), sparse, dense, args.tasks, cfg, args.n_examples, args.solve_threshold,
-                                on_event=lambda m: (status.update(m), console.log(m)))
+                                on_event=lambda m: (status.update(m), console.log(m)), workers=args.workers)
     table = Table(title=f"Task circuits, weight-sparse vs dense (pruned to task loss <= {cfg.target_loss} nats)")
     for col in ("task", "answers", "acc sparse", "acc dense", "nodes", "edges", "dense nodes", "dense edges", "ratio"):
         table.add_column(col, justify="left" if col in ("task", "answers") else "right")

@@ -53,8 +53,8 @@ class MaskedTask:
         if self.per_example and base is not None and idx is not None:
             base = {h: v[idx] for h, v in base.items()}
         with self.model.hooks(masked_hooks(masks, base)):
-            logits = self.model(d.tokens)
-        return logit_diff(last_logits(logits, d.lengths), d)
+            last = self.model(d.tokens, at=d.lengths - 1)[:, 0]
+        return logit_diff(last, d)
 
     @torch.no_grad()
     def diff_stacked(self, masks: dict[str, Tensor]) -> Tensor:
@@ -69,8 +69,7 @@ class MaskedTask:
         if self.per_example and base is not None:
             base = {h: v.repeat(c, *([1] * (v.dim() - 1))) for h, v in base.items()}
         with self.model.hooks(masked_hooks(tiled, base)):
-            logits = self.model(d.tokens.repeat(c, 1))
-        last = last_logits(logits, d.lengths.repeat(c))
+            last = self.model(d.tokens.repeat(c, 1), at=d.lengths.repeat(c) - 1)[:, 0]
         rows = torch.arange(c * n)
         diff = last[rows, d.correct.repeat(c)] - last[rows, d.incorrect.repeat(c)]
         return diff.view(c, n)

@@ -7,7 +7,8 @@
      and compute each model's mean activations over it (the pruning baseline; cached);
   3. evaluate every registered task on both models (accuracy, task loss);
   4. for each task the sparse model solves (accuracy >= `solve_threshold`), prune a circuit in both
-     models with the same `PruneConfig` and save them as `circuits/{sparse,dense}/<task>.json`;
+     models with the same `PruneConfig` and save them as `circuits/{sparse,dense}/<task>.json`
+     (the prunes run in parallel processes, one per core by default);
   5. return a `QuickstartReport` (and write `report.json`): per task accuracy, loss, circuit nodes
      and edges in both models and the dense/sparse edge ratio, with the geometric mean over tasks.
 The library never prints: progress goes to an `on_event(message)` callback.
@@ -17,20 +18,27 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+import torch
+from torch import Tensor
 
 from sparsecircuits.ablation import checkpoint_means
 from sparsecircuits.atomic import atomic_write_text
 from sparsecircuits.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from sparsecircuits.data.tokenizer import load_tokenizer
-from sparsecircuits.discover.prune import PruneConfig, prune_task
+from sparsecircuits.discover.prune import PruneConfig, PruneResult, prune_task
 from sparsecircuits.evaluate import Evaluation, evaluate_task
 from sparsecircuits.graph import geometric_mean
-from sparsecircuits.tasks.base import TASKS, TaskError, get_task, load_task
+from sparsecircuits.model.transformer import Transformer
+from sparsecircuits.tasks.base import TASKS, TaskData, TaskError, get_task, load_task
 
 ASSETS = Path(__file__).parent / "assets" / "quickstart"
 
@@ -88,6 +96,7 @@ def run_quickstart(
     n_examples: int = 256,
     solve_threshold: float = 0.9,
     on_event: Callable[[str], None] = lambda msg: None,
+    workers: int = 0,
 ) -> QuickstartReport:
     """See the module docstring."""
     t0 = time.perf_counter()
@@ -96,11 +105,11 @@ def run_quickstart(
     s, d = _load_pair(sparse_path, dense_path)
     tok = load_tokenizer(s.tokenizer_path)  # type: ignore[arg-type]
     on_event("mean baselines over the pretraining corpus (tokenized and cached on first use)")
-    means = {k: checkpoint_means(ck.model, ck.meta, tok, cache_dir) for k, ck in (("sparse", s), ("dense", d))}
+    means = {ck.path: checkpoint_means(ck.model, ck.meta, tok, cache_dir) for ck in (s, d)}
     import sparsecircuits.tasks  # noqa: F401  (registers the built-in tasks)
 
     names = tasks or sorted(n for n, spec in TASKS.items() if spec.domain == "python")  # not the language tasks
-    rows = []
+    rows, jobs = [], []
     for name in names:
         get_task(name)
         try:
@@ -112,18 +121,55 @@ def run_quickstart(
         row = TaskRow(name, data.answer_strings, len(data), ev_s, ev_d, ev_s.accuracy >= solve_threshold)
         on_event(f"{name}: accuracy sparse {ev_s.accuracy:.2f}, dense {ev_d.accuracy:.2f}")
         if row.solved:
-            for kind, ck in (("sparse", s), ("dense", d)):
-                t1 = time.perf_counter()
-                result = prune_task(ck.model, data, cfg, means=means[kind])
-                result.circuit.metadata["model"] = str(ck.path)
-                result.circuit.save(out_dir / "circuits" / kind / f"{name}.json")
-                md = result.circuit.metadata
-                summary = {k: md[k] for k in ("n_nodes", "n_edges", "losses", "reached_target")}
-                summary["seconds"] = time.perf_counter() - t1
-                setattr(row, f"{kind}_circuit", summary)
-                on_event(f"{name}: {kind} circuit {md['n_nodes']} nodes, {md['n_edges']} edges")
+            jobs += [_PruneJob(row, kind, ck.path, data) for kind, ck in (("dense", d), ("sparse", s))]
         rows.append(row)
+    models = {s.path: s.model, d.path: d.model}
+    for job, result, seconds in _run_prune_jobs(jobs, models, means, cfg, workers):
+        result.circuit.metadata["model"] = str(job.path)
+        result.circuit.save(out_dir / "circuits" / job.kind / f"{job.row.task}.json")
+        md = result.circuit.metadata
+        summary = {k: md[k] for k in ("n_nodes", "n_edges", "losses", "reached_target")}
+        summary["seconds"] = seconds
+        setattr(job.row, f"{job.kind}_circuit", summary)
+        on_event(f"{job.row.task}: {job.kind} circuit {md['n_nodes']} nodes, {md['n_edges']} edges")
     return _finish(rows, s, d, cfg, out_dir, time.perf_counter() - t0)
+
+
+@dataclass
+class _PruneJob:
+    row: TaskRow
+    kind: str  # "sparse" | "dense"
+    path: Path  # the checkpoint (key of the models and means)
+    data: TaskData
+
+
+def _prune_in_worker(model: Transformer, data: TaskData, cfg: PruneConfig, means: dict[str, Tensor],
+                     threads: int) -> tuple[PruneResult, float]:
+    torch.set_num_threads(threads)
+    t0 = time.perf_counter()
+    result = prune_task(model, data, cfg, means=means)
+    return result, time.perf_counter() - t0
+
+
+def _run_prune_jobs(jobs: list[_PruneJob], models: dict[Path, Transformer], means: dict[Path, dict[str, Tensor]],
+                    cfg: PruneConfig, workers: int) -> Iterator[tuple[_PruneJob, PruneResult, float]]:
+    """Prune every job, `workers` at a time in spawned processes (0 = one per CPU core, at most one per
+    job); 1 = in this process. Small models use cores better as separate single-threaded prunes than
+    as one multi-threaded one. Results come back in job order (pruning is seeded: same circuits)."""
+    n_cpu = os.cpu_count() or 1
+    workers = min(workers or n_cpu, max(1, len(jobs)))
+    if workers == 1:
+        for job in jobs:
+            result, seconds = _prune_in_worker(models[job.path], job.data, cfg, means[job.path],
+                                               torch.get_num_threads())
+            yield job, result, seconds
+        return
+    threads = max(1, n_cpu // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = [pool.submit(_prune_in_worker, models[j.path], j.data, cfg, means[j.path], threads) for j in jobs]
+        for job, fut in zip(jobs, futures):
+            result, seconds = fut.result()
+            yield job, result, seconds
 
 
 def _finish(rows: list[TaskRow], s: Checkpoint, d: Checkpoint, cfg: PruneConfig, out_dir: Path,

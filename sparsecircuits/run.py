@@ -223,8 +223,26 @@ def _setup(spec: RunSpec, out_dir: Path, cache_dir: Path, resume: bool, on_data:
         restore_optimizer(model, opt, loaded.train_state)
         torch.set_rng_state(loaded.train_state["rng.torch"])
         return _State(spec, data, model, opt, int(meta["step"]), float(meta["bigram_baseline"]), ctx)
+    if spec.train.init_from:
+        _init_from(model, Path(spec.train.init_from), data.tokenizer)
     bigram = ctx.agree(lambda: bigram_baseline_loss(data.train, data.val, data.tokenizer.get_vocab_size()))
     return _State(spec, data, model, opt, 0, bigram, ctx)
+
+
+def _init_from(model: Transformer, folder: Path, tok: Tokenizer) -> None:
+    """Warm start (`TrainConfig.init_from`): copy a checkpoint's weights into the fresh model."""
+    loaded = ckpt.load_checkpoint(folder)
+    if loaded.tokenizer_path is None or json.loads(loaded.tokenizer_path.read_text()) != json.loads(tok.to_str()):
+        raise ValueError(f"cannot initialise from {folder}: its tokenizer differs from this run's "
+                         "(train the run on the same corpus and vocabulary settings)")
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    theirs = {k: tuple(v.shape) for k, v in loaded.model.state_dict().items()}
+    if ours != theirs:
+        diff = sorted(k for k in ours.keys() | theirs.keys() if ours.get(k) != theirs.get(k))
+        raise ValueError(f"cannot initialise from {folder}: parameter shapes differ ({', '.join(diff[:4])})")
+    with torch.no_grad():
+        for name, p in model.state_dict().items():
+            p.copy_(loaded.model.state_dict()[name])
 
 
 def _save(st: _State, out_dir: Path, step: int, metrics: dict[str, Any]) -> Path | None:

@@ -70,6 +70,8 @@ class TrainConfig:
     threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
     compile: bool = opt(False, "torch.compile the forward pass (mostly useful on GPU; on CPU it needs a C++ compiler)")
     fused_adam: bool = opt(True, "use the fused Adam kernel when training on CUDA (never on CPU)")
+    init_from: str = opt("", "checkpoint folder whose weights start the run: continued training with a fresh "
+                         "optimizer and lr schedule (same shapes and tokenizer; empty = random init)")
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "val_batches", "keep_checkpoints", "log_every")

@@ -202,3 +202,11 @@ def test_rotary_tables_made_under_inference_mode_still_allow_backward():
     out = model(tokens())  # same length: the cached tables are reused
     out.sum().backward()
     torch.testing.assert_close(out.detach(), expected)
+
+
+def test_logits_at_one_position_per_row_match_full_forward():
+    model = tiny_model(bigram_table=True)
+    tokens = torch.randint(0, model.cfg.d_vocab, (3, 9))
+    at = torch.tensor([8, 0, 4])
+    full = model(tokens)
+    torch.testing.assert_close(model(tokens, at=at)[:, 0], full[torch.arange(3), at])

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from sparsecircuits.cli import main
 from sparsecircuits.data.corpus import DataConfig
@@ -42,6 +43,23 @@ def test_quickstart_pipeline_writes_circuits_and_report(twins, tmp_path):
     saved = json.loads((tmp_path / "qs" / "report.json").read_text())
     assert saved["rows"][0]["task"] == "single_double_quote" and "geomean_ratio" in saved
     assert main(["compare", str(tmp_path / "qs" / "circuits" / "sparse"), str(tmp_path / "qs" / "circuits" / "dense")]) == 0
+
+
+def test_parallel_prunes_give_the_in_process_circuits(twins, tmp_path, monkeypatch):
+    """Prunes in 2 spawned worker processes (1 thread each) = the same prunes in this process."""
+    sparse, dense, cache = twins
+    kw = dict(tasks=["single_double_quote"], prune_cfg=PruneConfig(steps=5), n_examples=32, solve_threshold=0.0)
+    parallel = run_quickstart(tmp_path / "par", cache, sparse, dense, workers=2, **kw)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        serial = run_quickstart(tmp_path / "ser", cache, sparse, dense, workers=1, **kw)
+    finally:
+        torch.set_num_threads(threads)
+    for kind in ("sparse", "dense"):
+        a, b = (Circuit.load(tmp_path / d / "circuits" / kind / "single_double_quote.json") for d in ("par", "ser"))
+        assert a.node_ids == b.node_ids and len(a.edges) == len(b.edges)
+    assert parallel.rows[0].sparse_circuit["n_edges"] == serial.rows[0].sparse_circuit["n_edges"]
 
 
 def test_quickstart_refuses_models_that_are_not_twins(twins, tmp_path, small_corpus):

@@ -101,3 +101,23 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
     assert "nothing-here" in said()
     assert main(["train", "--out", str(tmp_path / "y"), "--norm", "batch"]) == 2
     assert "ModelConfig.norm" in said()
+
+
+def test_init_from_continues_from_a_checkpoint_and_checks_shapes(small_corpus, tmp_path):
+    """`--init-from`: the new run starts at the checkpoint's weights (fresh optimizer and schedule)."""
+    from sparsecircuits.checkpoint import load_checkpoint
+
+    cache = tmp_path / "cache"
+    first = train_run(spec(small_corpus, steps=20), tmp_path / "a", cache)
+    src = load_checkpoint(first.checkpoint).model.state_dict()
+    warm = train_run(spec(small_corpus, steps=1, lr=1e-9, warmup_frac=0.0, seed=1, anneal_start=0.0, anneal_end=0.0,
+                          init_from=str(first.checkpoint)), tmp_path / "b", cache)
+    got = load_checkpoint(warm.checkpoint).model.state_dict()
+    for name, w in src.items():
+        torch.testing.assert_close(got[name], w, atol=1e-6, rtol=0)
+    cold = curve(tmp_path / "a")[0]["loss"]
+    assert curve(tmp_path / "b")[0]["loss"] < cold - 0.1  # starts where the first run ended, not at random init
+    wide = spec(small_corpus, steps=1, init_from=str(first.checkpoint))
+    wide = RunSpec(ModelConfig(**{**MODEL, "d_mlp": 128}), wide.train, wide.data)
+    with pytest.raises(ValueError, match="parameter shapes differ"):
+        train_run(wide, tmp_path / "c", cache)

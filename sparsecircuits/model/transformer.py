@@ -348,7 +348,11 @@ class Transformer(HookedModule):
             self(torch.zeros(1, 2, dtype=torch.long, device=self.W_E.device))
         return list(seen)
 
-    def forward(self, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos d_vocab"]:
+    def forward(self, tokens: Int[Tensor, "batch pos"], at: Int[Tensor, " batch"] | None = None
+                ) -> Float[Tensor, "batch pos d_vocab"]:
+        """Logits at every position, or with `at` only at one position per row ([batch, 1, d_vocab]:
+        e.g. each prompt's last token, which is all a task metric reads; the final norm and its hooks
+        then see only those positions). Earlier positions are computed either way (attention reads them)."""
         self._check_tokens(tokens)
         # F.embedding, not W[tokens]: its CPU backward is deterministic (index_put_ accumulate is not),
         # which exact resume relies on, and faster.
@@ -358,6 +362,9 @@ class Transformer(HookedModule):
             resid = resid + self.hook_pos_embed(self.W_pos[: tokens.shape[1]])
         for block in self.blocks:
             resid = block(resid)
+        if at is not None:
+            rows = torch.arange(len(tokens), device=tokens.device)
+            resid, tokens = resid[rows, at].unsqueeze(1), tokens[rows, at].unsqueeze(1)
         W_U = self.W_E if self.W_U is None else self.W_U
         logits = F.linear(self.ln_final(resid), W_U, self.b_U)
         if self.W_bigram is not None:
