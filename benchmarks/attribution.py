@@ -10,8 +10,11 @@ and circuit-tracer's `TranscoderSet` in that interpreter (this script re-run wit
 `attribute()` is timed on the same tokens, and the two adjacency matrices are compared. Prints a
 table and writes JSON (default benchmarks/results/attribution.json).
 
-SFC slot: `--sfc` is reserved for the sparse-feature-circuit (Marks et al.) node + edge effects being
-built separately; the integrator adds its timing row here (`rows["SFC ..."]`).
+With `--sfc` (default on) it also times a sparse feature circuit (Marks et al.) on the same model:
+random ReLU SAEs (`--width` features, about `--active` firing per token) at every attention output,
+MLP output and residual output, `--sfc-batch` clean/counterfactual prompt pairs of `--pos` tokens,
+the logit difference of two tokens as the metric, IG node effects (10 steps) and the edges between
+the nodes above `--sfc-node-threshold`. circuit-tracer has no SFC: that row has no reference.
 
     python benchmarks/attribution.py                      # full GPT-2-small shape (minutes on 2 cores)
     python benchmarks/attribution.py --layers 2 --d-model 128 --heads 4 --vocab 1000 --width 1024   # seconds
@@ -74,10 +77,42 @@ def ours(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     sc = scores(graph)
     rows["replacement + completeness scores"] = time.perf_counter() - t0
-    if args.sfc:
-        rows["SFC node + edge effects (not wired yet)"] = float("nan")
-    return {"rows": rows, "graph": graph, "n_kept": int(pruned.node_mask[:graph.n_features].sum()),
+    sfc = sfc_time(args, model) if args.sfc else {}
+    rows.update(sfc.pop("rows", {}))
+    return {"rows": rows, "sfc": sfc, "graph": graph, "n_kept": int(pruned.node_mask[:graph.n_features].sum()),
             "replacement": sc.replacement, "completeness": sc.completeness}
+
+
+def sfc_time(args: argparse.Namespace, model) -> dict:  # noqa: ANN001
+    """Seconds for SFC node effects (IG) and edges with random SAEs at attn-out, mlp-out and resid-post."""
+    from sparsecircuits.dictionaries import DictConfig, make_dictionary
+    from sparsecircuits.discover.dictionary_graph import make_sites
+    from sparsecircuits.discover.feature_circuit import FeatureCircuitConfig, find_feature_circuit
+
+    torch.manual_seed(1)
+    z = math.sqrt(2) * torch.erfinv(torch.tensor(1 - 2 * args.active / args.width)).item()
+    saes = []
+    for layer in range(args.layers):
+        for hook in ("hook_attn_out", "hook_mlp_out", "hook_resid_post"):
+            d = make_dictionary(DictConfig(arch="relu", hook=f"blocks.{layer}.{hook}", d_in=args.d_model, width=args.width))
+            with torch.no_grad():  # outputs are not normalised: scale the bias to the activations' size
+                d.b_enc.fill_(-z)
+            saes.append(d.eval())
+    sites = make_sites(model, saes)
+    toks = torch.randint(0, args.vocab, (args.sfc_batch, args.pos))
+    cf = toks.clone()
+    cf[:, 1] = torch.randint(0, args.vocab, (args.sfc_batch,))  # pairs differ in one token, as templated data
+    a, b = torch.randint(0, args.vocab, (2,)).tolist()
+
+    def metric(logits: torch.Tensor) -> torch.Tensor:
+        return logits[:, -1, a] - logits[:, -1, b]
+
+    t0 = time.perf_counter()
+    fc = find_feature_circuit(model, sites, toks, metric, FeatureCircuitConfig(
+        method="ig", ig_steps=10, node_threshold=args.sfc_node_threshold, edge_threshold=0.0), cf_tokens=cf)
+    seconds = time.perf_counter() - t0
+    return {"rows": {f"SFC: IG node effects + edges ({len(fc.kept)} nodes kept)": seconds},
+            "n_sites": len(sites), "n_kept": len(fc.kept), "n_edges": len(fc.circuit.edges)}
 
 
 def ct_worker(args: argparse.Namespace) -> None:
@@ -159,8 +194,10 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ct-python", type=Path, default=ROOT / ".venv-ct" / "bin" / "python",
                     help="interpreter with circuit-tracer installed (skipped if missing)")
-    ap.add_argument("--sfc", action=argparse.BooleanOptionalAction, default=False,
-                    help="also time SFC node + edge effects (slot for the integrator; not wired yet)")
+    ap.add_argument("--sfc", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time a sparse feature circuit (IG node effects + edges) with random SAEs")
+    ap.add_argument("--sfc-batch", type=int, default=4, help="SFC: clean/counterfactual prompt pairs")
+    ap.add_argument("--sfc-node-threshold", type=float, default=0.001, help="SFC: node threshold (logit-diff units)")
     ap.add_argument("--ct-worker", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "results" / "attribution.json")
     args = ap.parse_args()
@@ -214,7 +251,7 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     args.out.write_text(json.dumps({"config": cfg, "n_features": graph.n_features, "n_nodes": graph.n_nodes,
-                                    "seconds": rows, "replacement_score": res["replacement"],
+                                    "seconds": rows, "sfc": res["sfc"], "replacement_score": res["replacement"],
                                     "completeness_score": res["completeness"], "circuit_tracer": ct}, indent=1))
 
 
