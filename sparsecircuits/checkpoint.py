@@ -65,11 +65,13 @@ def save_checkpoint(
     tokenizer_json: str | None = None,
     train_state: dict[str, Tensor] | None = None,
     dtype: torch.dtype | None = None,
+    extra_files: dict[str, bytes] | None = None,
 ) -> Path:
     """Write a checkpoint folder atomically (replacing an existing one at `path`).
 
     `dtype` stores floating-point weights in another precision (e.g. float16 to ship a model);
-    loading casts them back to the model's float32 parameters.
+    loading casts them back to the model's float32 parameters. `extra_files` (name -> content) are
+    written into the same folder inside the same atomic rename (e.g. the bridges of `bridges_train.py`).
     """
     path = Path(path)
     with atomic_dir(path) as tmp:
@@ -83,6 +85,8 @@ def save_checkpoint(
         if train_state is not None:
             save_file({k: v.detach().to("cpu").contiguous() for k, v in train_state.items()}, str(tmp / TRAIN_STATE))
         (tmp / META).write_text(json.dumps(meta or {}, indent=2, sort_keys=True))
+        for name, content in (extra_files or {}).items():
+            (tmp / name).write_bytes(content)
     return path
 
 
