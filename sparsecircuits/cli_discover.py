@@ -35,7 +35,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     c.add_argument("circuits", type=Path, nargs="+", help="circuit JSON files (two or more)")
     c.add_argument("--model", default=None, help="model the circuits came from (enables the faithfulness matrix)")
     c.add_argument("--n-examples", type=int, default=64, help="examples per task for the faithfulness matrix")
-    c.add_argument("--ablation", default=None, help="ablation for the matrix (default: each circuit's own)")
+    c.add_argument("--ablation", default=None, help="ablation for the matrix (default: the circuits' own, which must then agree)")
     c.add_argument("--out", type=Path, default=None, help="write the shared core (intersection) circuit here")
     h = sub.add_parser("heads", help="head roles on a task: attention by position type, OV successor/copy, logit lens")
     _model_task_flags(h)
@@ -165,8 +165,9 @@ def cmd_compare_circuits(args: argparse.Namespace, console: Console) -> int:
             table.add_row(n, *(f"{fn(a, b):.2f}" for b in circuits))
         console.print(table)
     core = intersect(circuits)
-    heads = sum(1 for n in core.nodes if n.kind in ("head", "mlp"))
-    console.print(f"shared core: {heads} heads+MLPs, {sum(1 for e in core.edges if e.kind == 'residual')} edges")
+    shared = [f"{n.layer}.{n.index}" if n.kind == "head" else f"MLP{n.layer}" for n in core.nodes if n.kind in ("head", "mlp")]
+    console.print(f"shared core: {len(shared)} heads+MLPs ({' '.join(shared) or 'none'}), "
+                  f"{sum(1 for e in core.edges if e.kind == 'residual')} edges")
     if args.model:
         _faithfulness_matrix(args, console, circuits, names, core)
     if args.out:
@@ -180,13 +181,20 @@ def _faithfulness_matrix(args, console, circuits, names, core) -> None:  # noqa:
     from sparsecircuits.discover.components import prepare
     from sparsecircuits.evaluate import filter_solved
 
+    # one baseline for the whole matrix: a task is prepared once, so circuits found under different
+    # ablations would silently be scored under the first one's
+    ablations = sorted({str(c.metadata.get("ablation", "counterfactual")) for c in circuits})
+    if args.ablation is None and len(ablations) > 1:
+        raise ValueError(f"the circuits were found under different ablations ({', '.join(ablations)}); "
+                         "pass --ablation to score them all under one")
+    ablation = args.ablation or ablations[0]
     model, tok, _ = load_model(args.model)
     tasks = {}
     for c in circuits:
         name = str(c.metadata.get("task"))
         if name not in tasks:
             data = filter_solved(model, _task(args, model, tok, name))
-            tasks[name] = prepare(model, data, args.ablation or c.metadata.get("ablation", "counterfactual"))
+            tasks[name] = prepare(model, data, ablation)
     matrix = cross_task_matrix(tasks, dict(zip(names, circuits)))
     table = Table(title="faithfulness of circuit (row) on task (column)")
     table.add_column("circuit")
@@ -198,16 +206,31 @@ def _faithfulness_matrix(args, console, circuits, names, core) -> None:  # noqa:
     console.print(table)
 
 
+def single_token_members(tok, members: tuple[str, ...]) -> list[int] | None:  # noqa: ANN001
+    """Token ids of the longest initial run of members that are single tokens after a space (OV
+    successor scores need consecutive members; a BPE may split ' 10' but not ' 1'-' 9'), or None when
+    fewer than two are."""
+    ids = []
+    for m in members:
+        t = tok.encode(" " + m, add_special_tokens=False).ids
+        if len(t) != 1:
+            break
+        ids.append(t[0])
+    return ids if len(ids) >= 2 else None
+
+
 def cmd_heads(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.discover.head_roles import POSITION_TYPES, head_roles
     from sparsecircuits.tasks.sequences import MEMBERS
 
     model, tok, _ = load_model(args.model)
     data = _task(args, model, tok)
-    members = None
+    members = single_token_members(tok, MEMBERS[args.task]) if args.task in MEMBERS else None
     if args.task in MEMBERS:
-        ids = [tok.encode(" " + m, add_special_tokens=False).ids for m in MEMBERS[args.task]]
-        members = [i[0] for i in ids if len(i) == 1] if all(len(i) == 1 for i in ids) else None
+        if members is None:
+            console.print("OV scores skipped: the first two members are not single tokens in this tokenizer")
+        elif len(members) < len(MEMBERS[args.task]):
+            console.print(f"OV scores over the first {len(members)} members (the later ones are several tokens)")
     roles = head_roles(model, data, members)
     for j, kind in enumerate(POSITION_TYPES):
         att = roles.attention[..., j]
