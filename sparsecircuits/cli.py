@@ -200,8 +200,8 @@ COMMANDS = {"train": cmd_train, "info": cmd_info, "export": cmd_export,
 
 # Command families: each is a module `sparsecircuits.<name>` with `add_parsers(sub)` and
 # `COMMANDS = {command: fn(args, console) -> exit code}`. Add a family by adding its module here.
-COMMAND_MODULES = ("cli_view", "cli_dict", "cli_discover", "cli_features", "cli_graph", "cli_bridges", "cli_sweep", "cli_corpus")
-                   "cli_shift", "cli_clusters")
+COMMAND_MODULES = ("cli_view", "cli_dict", "cli_discover", "cli_sweep", "cli_bridges", "cli_features", "cli_graph",
+                   "cli_shift", "cli_clusters", "cli_corpus")
 _MODULE_OF: dict[str, str] = {}  # command -> module, filled by build_parser
 
 

@@ -1,0 +1,173 @@
+"""SHIFT (Marks et al. 2025): the quote-style dataset, a planted spurious feature that ablation removes
+(and random ablation does not), the probe's circuit, ablate-file errors and the CLI's early checks."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import tiny_model
+from sparsecircuits.data.shift_data import (
+    ShiftDataConfig,
+    ShiftDataset,
+    ShiftSplit,
+    build_shift_dataset,
+    requote,
+)
+from sparsecircuits.data.tokenizer import load_tokenizer
+from sparsecircuits.dictionaries import DictConfig, make_dictionary
+from sparsecircuits.discover.dictionary_graph import make_sites
+from sparsecircuits.edit import accuracy, parse_ablate_file
+from sparsecircuits.shift import (
+    ShiftConfig,
+    auto_select,
+    feature_responses,
+    probe_circuit,
+    shift_rows,
+    train_probe,
+)
+
+QS = Path(__file__).resolve().parents[1] / "sparsecircuits" / "assets" / "quickstart" / "sparse" / "tokenizer.json"
+HOOK = "blocks.0.hook_resid_post"
+D = 32
+
+
+@pytest.fixture(scope="module")
+def dataset():
+    cfg = ShiftDataConfig(length=32, n_ambiguous=16, n_balanced_train=16, n_balanced_test=16, seed=3)
+    return build_shift_dataset(load_tokenizer(QS), cfg), cfg
+
+
+def test_dataset_splits_and_determinism(dataset):
+    ds, cfg = dataset
+    amb, bal = ds.splits["ambiguous"], ds.splits["balanced_test"]
+    assert torch.equal(amb.label, amb.quote)  # the spurious attribute predicts the label perfectly
+    groups = torch.bincount(2 * bal.label + bal.quote, minlength=4)
+    assert groups.tolist() == [4, 4, 4, 4]
+    assert groups.tolist() == torch.bincount(2 * ds.splits["balanced_train"].label
+                                             + ds.splits["balanced_train"].quote, minlength=4).tolist()
+    tok = load_tokenizer(QS)
+    for split in ds.splits.values():
+        for t, cf, q in zip(split.tokens, split.cf_tokens, split.quote):
+            text, other = tok.decode(t.tolist()), tok.decode(cf.tolist())
+            mine, theirs = ("'", '"') if q else ('"', "'")
+            assert mine in text and theirs not in text and theirs in other and mine not in other
+    files = [set(s.source) for s in ds.splits.values()]
+    assert not (files[0] & files[1]) and not (files[0] & files[2]) and not (files[1] & files[2])
+    again = build_shift_dataset(tok, cfg)
+    assert all(torch.equal(again.splits[k].tokens, ds.splits[k].tokens) for k in ds.splits)
+
+
+def test_requote_keeps_the_program():
+    src = "a = 'x'\nb = \"it's\"\nc = '''doc'''\nd = f'{a}'\ne = r'\\d'\n"
+    out = requote(src, '"')
+    assert ast.dump(ast.parse(out)) == ast.dump(ast.parse(src))
+    assert out == "a = \"x\"\nb = \"it's\"\nc = \"\"\"doc\"\"\"\nd = f'{a}'\ne = r\"\\d\"\n"
+    assert requote("x = (", "'") is None
+
+
+def _planted():
+    """Block 0 adds nothing (resid_post 0 = the token embedding); an exact SAE there with features
+    ±q_i of an orthonormal basis; tokens 1/2 move the stream along ±q_0 strongly (the spurious cue),
+    tokens 3/4 along ±q_1 weakly and noisily (the label), the rest are noise."""
+    model = tiny_model(act_sparsity=1.0).eval()
+    g = torch.Generator().manual_seed(0)
+    Q = torch.linalg.qr(torch.randn(D, D, generator=g))[0]
+    with torch.no_grad():
+        b0 = model.blocks[0]
+        for p in (b0.attn.W_O, b0.attn.b_O, b0.mlp.W_out, b0.mlp.b_out):
+            p.zero_()
+        model.W_E.copy_(0.3 * torch.randn(model.W_E.shape, generator=g) @ Q[:, 2:] @ Q[:, 2:].T)
+        model.W_E[1], model.W_E[2] = 3 * Q[:, 0], -3 * Q[:, 0]
+        model.W_E[3], model.W_E[4] = 1.5 * Q[:, 1], -1.5 * Q[:, 1]
+    sae = make_dictionary(DictConfig(arch="relu", hook=HOOK, d_in=D, width=2 * D))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.cat([Q, -Q], 1))
+        sae.W_dec.copy_(torch.cat([Q.T, -Q.T], 0))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return model, make_sites(model, [sae], embed=False)
+
+
+def _split(n: int, ambiguous: bool, seed: int) -> ShiftSplit:
+    g = torch.Generator().manual_seed(seed)
+    label = torch.arange(n) % 2
+    quote = label.clone() if ambiguous else (torch.arange(n) // 2) % 2
+    tok = torch.randint(5, 97, (n, 12), generator=g)
+    cf = tok.clone()
+    for i in range(n):
+        pos = torch.randperm(12, generator=g)
+        tok[i, pos[:3]] = 1 if quote[i] else 2
+        cf[i, pos[:3]] = 2 if quote[i] else 1
+        lab_pos = pos[3:4 + int(torch.randint(0, 3, (1,), generator=g))]
+        tok[i, lab_pos] = cf[i, lab_pos] = 3 if label[i] else 4
+    return ShiftSplit(tok, cf, label, quote, ["x"] * n)
+
+
+@pytest.fixture(scope="module")
+def planted():
+    model, sites = _planted()
+    data = ShiftDataset({"ambiguous": _split(64, True, 1), "balanced_train": _split(64, False, 2),
+                         "balanced_test": _split(64, False, 3)}, ShiftDataConfig())
+    cfg = ShiftConfig(probe_hook=HOOK, circuit_examples=32, ig_steps=4, circuit_size=6, random_seeds=3, batch=32)
+    return model, sites, data, cfg
+
+
+def test_planted_spurious_feature_is_found_and_ablation_fixes_worst_group(planted):
+    model, sites, data, cfg = planted
+    amb = data.splits["ambiguous"]
+    probe = train_probe(model, amb, HOOK, cfg.l2)
+    circ = probe_circuit(model, sites, probe, amb.tokens[:32], amb.label[:32], cfg.circuit_size, cfg.ig_steps)
+    spurious = {(HOOK, 0), (HOOK, D)}
+    assert set(circ.features[:2]) == spurious  # the cue's two features carry the probe
+    marked = auto_select(feature_responses(model, sites, amb, circ.features), cfg.auto_quote_min, cfg.auto_ratio)
+    assert set(marked) == spurious
+    rows = shift_rows(model, sites, data, probe, marked, cfg)
+    assert rows["original probe"].worst_group < 0.5 and rows["original probe"].spurious > 0.7
+    assert rows["ablated + retrained head"].worst_group > 0.9
+    assert rows["ablated + retrained head"].spurious == pytest.approx(0.5, abs=0.15)
+    assert rows["random ablation + retrained head"].worst_group < 0.5
+    assert rows["oracle (balanced training data)"].worst_group > 0.9
+
+
+def test_accuracy_groups():
+    pred, label, spur = torch.tensor([1, 1, 0, 0]), torch.tensor([1, 0, 1, 0]), torch.tensor([1, 1, 0, 0])
+    a = accuracy(pred, label, spur)
+    assert (a.label, a.spurious, a.worst_group) == (0.5, 1.0, 0.0)
+
+
+def test_ablate_file_errors(planted, tmp_path):
+    _, sites, _, _ = planted
+    f = tmp_path / "ablate.txt"
+    f.write_text(f"# comment\n\n{HOOK}[3]  # why\n{HOOK}[3]\n")
+    assert parse_ablate_file(f, sites) == [(HOOK, 3)]
+    for bad, msg in ((f"{HOOK}[3]\nnonsense\n", ":2: expected a feature"),
+                     ("blocks.1.hook_resid_post[0]\n", ":1: no dictionary at"),
+                     (f"{HOOK}[{2 * D}]\n", ":1: feature 64 out of range")):
+        f.write_text(bad)
+        with pytest.raises(ValueError, match=msg):
+            parse_ablate_file(f, sites)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        parse_ablate_file(tmp_path / "missing.txt", sites)
+
+
+def test_probe_circuit_rejects_sites_after_the_probe(planted):
+    model, sites, data, _ = planted
+    amb = data.splits["ambiguous"]
+    probe = train_probe(model, amb, "blocks.0.hook_resid_mid")
+    with pytest.raises(ValueError, match="at or after the probe's hook"):
+        probe_circuit(model, sites, probe, amb.tokens[:4], amb.label[:4], 3, 2)
+
+
+def test_cli_reports_a_missing_ablate_file(tmp_path, capsys):
+    from sparsecircuits.cli import main
+    from sparsecircuits.dictionaries import save_dictionary
+
+    save_dictionary(make_dictionary(DictConfig(arch="relu", hook="blocks.0.hook_resid_post", d_in=128, width=8)),
+                    tmp_path / "sae")
+    rc = main(["shift", "--model", str(QS.parent), "--dicts", str(tmp_path / "sae"), "--out", str(tmp_path / "o"),
+               "--ablate", str(tmp_path / "nope.txt")])
+    assert rc == 2 and "does not exist" in " ".join(capsys.readouterr().out.split())
