@@ -86,7 +86,7 @@ def cmd_clusters(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.checkpoint import load_checkpoint
     from sparsecircuits.cli import collect, default_cache_dir
     from sparsecircuits.cli_features import load_dictionaries
-    from sparsecircuits.cli_shift import _Bars, _bars
+    from sparsecircuits.console import StageBars, stage_progress
     from sparsecircuits.data.batches import val_windows
     from sparsecircuits.data.tokenizer import load_tokenizer
     from sparsecircuits.dictionaries.activations import checkpoint_tokens
@@ -105,10 +105,10 @@ def cmd_clusters(args: argparse.Namespace, console: Console) -> int:
     data = checkpoint_tokens(ck, args.cache_dir or default_cache_dir())
     n_ctx = model.cfg.n_ctx
     windows = [w[:, :n_ctx] for w in val_windows(data.val, max(1, cfg.windows // 16), min(16, cfg.windows), n_ctx)]
-    with _bars(console) as progress:
+    with stage_progress(console) as progress:
         task = progress.add_task("", total=None)
         ctx, km, members, circuits, secs = run_clusters(
-            model, tok, sites, windows, cfg, ccfg, _Bars(progress),
+            model, tok, sites, windows, cfg, ccfg, StageBars(progress),
             lambda msg: progress.update(task, description=msg))
     notes = [f"{len(ctx.target)} contexts with loss < {cfg.max_loss} nats (induction repeats dropped) from "
              f"{sum(len(w) for w in windows)} held-out windows; k-means k={km.centers.shape[0]}; one circuit per "

@@ -9,8 +9,9 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from sparsecircuits.console import StageBars, stage_progress
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -52,18 +53,6 @@ def load_dictionaries(paths: list[Path]):  # noqa: ANN201
     return out
 
 
-class _Bars:
-    """A rich progress bar per stage, fed by the library's (stage, done, total) callback."""
-
-    def __init__(self, progress: Progress) -> None:
-        self.progress, self.tasks = progress, {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(stage, total=max(total, 1))
-        self.progress.update(self.tasks[stage], completed=done, total=max(total, 1))
-
-
 def cmd_feature_circuit(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.cli import collect
     from sparsecircuits.cli_discover import _task, load_model
@@ -88,9 +77,8 @@ def cmd_feature_circuit(args: argparse.Namespace, console: Console) -> int:
     tokens = data.tokens.to(device)
     cf = None if data.cf_tokens is None else data.cf_tokens.to(device)
     t0 = time.perf_counter()
-    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                  TimeElapsedColumn(), console=console, transient=True) as progress:
-        result = find_feature_circuit(model, sites, tokens, metric, cfg, cf, data.lengths, _Bars(progress))
+    with stage_progress(console) as progress:
+        result = find_feature_circuit(model, sites, tokens, metric, cfg, cf, data.lengths, StageBars(progress))
     circuit = result.circuit
     untouched = model.cfg.n_layers // 3 if args.untouched_layers < 0 else args.untouched_layers
     means = mean_values(node_values(model, sites, tokens), data.lengths)

@@ -14,8 +14,9 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from sparsecircuits.console import StageBars, stage_progress
 
 
 def add_parsers(sub: argparse._SubParsersAction) -> None:
@@ -101,21 +102,6 @@ def _review(model, sites, tok, data, probe, circ, resp, marked, n_ctx: int, out:
     circ.circuit.save(out / "circuit.json")
 
 
-class _Bars:
-    def __init__(self, progress: Progress) -> None:
-        self.progress, self.tasks = progress, {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        if stage not in self.tasks:
-            self.tasks[stage] = self.progress.add_task(stage, total=max(total, 1))
-        self.progress.update(self.tasks[stage], completed=done, total=max(total, 1))
-
-
-def _bars(console: Console) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                    TimeElapsedColumn(), console=console, transient=True)
-
-
 def cmd_shift(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.cli import collect
     from sparsecircuits.cli_discover import load_model
@@ -140,11 +126,11 @@ def cmd_shift(args: argparse.Namespace, console: Console) -> int:
         data = build_shift_dataset(tok, dcfg)
     amb = data.splits["ambiguous"]
     probe = train_probe(model, amb, cfg.probe_hook, cfg.l2, cfg.batch)
-    with _bars(console) as progress:
+    with stage_progress(console) as progress:
         n = min(cfg.circuit_examples, len(amb))
         circ = probe_circuit(model, sites, probe, amb.tokens[::max(1, len(amb) // n)][:n],
                              amb.label[::max(1, len(amb) // n)][:n], cfg.circuit_size, cfg.ig_steps, cfg.batch,
-                             _Bars(progress))
+                             StageBars(progress))
     resp = feature_responses(model, sites, amb, circ.features, cfg.batch)
     marked = auto_select(resp, cfg.auto_quote_min, cfg.auto_ratio)
     _review(model, sites, tok, data, probe, circ, resp, marked, args.contexts, args.out)
@@ -155,8 +141,8 @@ def cmd_shift(args: argparse.Namespace, console: Console) -> int:
                       "(or use --auto)")
         return 0
     ablate = chosen if chosen is not None else marked
-    with _bars(console) as progress:
-        rows = shift_rows(model, sites, data, probe, ablate, cfg, _Bars(progress))
+    with stage_progress(console) as progress:
+        rows = shift_rows(model, sites, data, probe, ablate, cfg, StageBars(progress))
     _table(console, rows, len(ablate), cfg.random_seeds)
     results = {"model": str(args.model), "probe_hook": cfg.probe_hook, "mode": "file" if chosen is not None else "auto",
                "ablated": [feature_id(f) for f in ablate], "circuit_features": len(circ.features),

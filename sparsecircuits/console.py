@@ -86,3 +86,21 @@ def info_table(info: CheckpointInfo) -> list[Table]:
 
 def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4f}"
+
+
+class StageBars:
+    """One rich progress bar per stage, fed by a library's `progress(stage, done, total)` callback."""
+
+    def __init__(self, progress: Progress) -> None:
+        self.progress, self.tasks = progress, {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.progress.add_task(stage, total=max(total, 1))
+        self.progress.update(self.tasks[stage], completed=done, total=max(total, 1))
+
+
+def stage_progress(console: Console) -> Progress:
+    """The transient bar layout that `StageBars` fills (use as a context manager)."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                    TimeElapsedColumn(), console=console, transient=True)
