@@ -150,3 +150,42 @@ def test_target_above_the_full_models_loss_is_relaxed_to_full_plus_slack(setup):
     assert md["target_loss_used"] == pytest.approx(md["losses"]["full"] + 0.05)
     assert md["reached_target"] and md["losses"]["circuit"] <= md["target_loss_used"]
     assert md["n_nodes"] < 40  # still a small circuit, not the whole model
+
+
+@pytest.mark.parametrize("baseline", ["mean", "counterfactual"])
+def test_length_sorted_chunks_equal_one_padded_forward(baseline):
+    """MaskedTask runs prompts sorted by length in chunks cut to their longest prompt; with right
+    padding that must give the logit differences of one forward over the whole padded batch, for
+    shared masks with gradients and for per-row stacked masks."""
+    from sparsecircuits.ablation import masked_hooks
+    from sparsecircuits.discover.prune import _masks_from_flat, _masks_from_rows
+    from sparsecircuits.tasks.base import logit_diff
+
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32, d_vocab=20, n_ctx=16,
+                                    act_sparsity=0.5))
+    n, width = 40, 12
+    g = torch.Generator().manual_seed(2)
+    lengths = torch.randint(3, width + 1, (n,), generator=g)
+    pad = torch.arange(width) >= lengths.unsqueeze(1)
+    tokens = torch.randint(0, 20, (n, width), generator=g).masked_fill(pad, 0)
+    cf = torch.randint(0, 20, (n, width), generator=g).masked_fill(pad, 0)
+    correct, incorrect = torch.randint(0, 20, (n,), generator=g), torch.randint(0, 20, (n,), generator=g)
+    data = TaskData("ragged", [Example("p", "c", "i")] * n, tokens, lengths, correct, incorrect, cf, ("c", "i"), 0)
+    means = mean_activations(model, [torch.randint(0, 20, (8, 16), generator=g)])
+    sites = prune_sites(model)
+    task = MaskedTask(model, data, baseline, means, sites)
+    n_nodes = sum(s.size for s in sites)
+    gate = (torch.rand(n_nodes, generator=g) < 0.7).float().requires_grad_(True)
+    masks = _masks_from_flat(gate, sites)
+    got = task.diff(masks)
+    with model.hooks(masked_hooks(masks, task.base)):
+        want = logit_diff(model(tokens, at=lengths - 1)[:, 0], data)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    (g_got,) = torch.autograd.grad(got.sum(), gate)
+    (g_want,) = torch.autograd.grad(want.sum(), gate)
+    torch.testing.assert_close(g_got, g_want, atol=1e-4, rtol=1e-4)
+    rows = (torch.rand(3, n_nodes, generator=g) < 0.7).float()
+    stacked = task.diff_stacked({s.hook: m for s, m in zip(sites, _masks_from_rows(rows, sites))})
+    for r in range(3):
+        torch.testing.assert_close(stacked[r], task.diff(_masks_from_flat(rows[r], sites)).detach(), atol=1e-5, rtol=1e-5)
