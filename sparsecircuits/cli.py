@@ -34,15 +34,18 @@ def default_cache_dir() -> Path:
     return Path(env) if env else Path.home() / ".cache" / "sparsecircuits"
 
 
-def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str, prefix: str = "") -> None:
+def add_config_flags(parser: argparse.ArgumentParser, cls: type, title: str, prefix: str = "",
+                     defaults: dict[str, Any] | None = None) -> None:
     """One flag per dataclass field (`--{prefix}{field}`); defaults are SUPPRESSed so we can tell what
-    the user set. Nested config dataclasses are not flags: give them their own call (with a prefix)."""
+    the user set. Nested config dataclasses are not flags: give them their own call (with a prefix).
+    `defaults` overrides the help's default of some fields (a command's own preset, see `collect`)."""
     group = parser.add_argument_group(title)
     for f in dataclasses.fields(cls):
         if f.name in HIDDEN_FIELDS:
             continue
         flag = "--" + prefix + f.name.replace("_", "-")
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+        default = (defaults or {}).get(f.name, default)
         if dataclasses.is_dataclass(default):
             continue
         help_text = f"{f.metadata.get('help', '')} (default: {_show(default)})"
@@ -76,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     from sparsecircuits.data.corpus import DataConfig
     from sparsecircuits.discover.prune import PruneConfig
     from sparsecircuits.model.config import ModelConfig
+    from sparsecircuits.quickstart import QUICKSTART_PRUNE
     from sparsecircuits.train import TrainConfig
 
     parser = argparse.ArgumentParser(prog="sparsecircuits", description=__doc__.splitlines()[0])
@@ -109,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--cache-dir", type=Path, default=None, help="cache (default: $SPARSECIRCUITS_CACHE or ~/.cache/sparsecircuits)")
     q.add_argument("--workers", type=int, default=0,
                    help="prunes run at once, each in its own process (default: 0 = one per CPU core; 1 = in-process)")
-    add_config_flags(q, PruneConfig, "pruning")
+    add_config_flags(q, PruneConfig, "pruning", defaults=QUICKSTART_PRUNE)
     pr = sub.add_parser("prune", help="prune a task circuit in a checkpoint (Gao et al. learned masks)")
     pr.add_argument("checkpoint", type=Path, help="checkpoint folder or run folder")
     src = pr.add_mutually_exclusive_group(required=True)

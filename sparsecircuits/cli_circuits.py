@@ -22,16 +22,18 @@ def _cache(args: argparse.Namespace) -> Path:
 def cmd_quickstart(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.cli import collect
     from sparsecircuits.discover.prune import PruneConfig
-    from sparsecircuits.quickstart import ASSETS, run_quickstart
+    from sparsecircuits.quickstart import ASSETS, QUICKSTART_PRUNE, run_quickstart
 
-    cfg = collect(args, PruneConfig, {})
+    cfg = collect(args, PruneConfig, QUICKSTART_PRUNE)
     sparse, dense = ASSETS / "sparse", ASSETS / "dense"
     if args.retrain:
         sparse, dense = _retrain(args, console)
     console.print(f"[bold]sparsecircuits quickstart[/]: circuits in {sparse} vs its dense twin -> {args.out}")
-    with console.status("working") as status:
+    from sparsecircuits.console import StageBars, stage_progress
+
+    with stage_progress(console) as bars:
         report = run_quickstart(args.out, _cache(args), sparse, dense, args.tasks, cfg, args.n_examples, args.solve_threshold,
-                                on_event=lambda m: (status.update(m), console.log(m)), workers=args.workers)
+                                on_event=console.log, workers=args.workers, progress=StageBars(bars))
     table = Table(title=f"Task circuits, weight-sparse vs dense (pruned to task loss <= {cfg.target_loss} nats)")
     for col in ("task", "answers", "acc sparse", "acc dense", "nodes", "edges", "dense nodes", "dense edges", "ratio"):
         table.add_column(col, justify="left" if col in ("task", "answers") else "right")

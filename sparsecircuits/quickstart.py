@@ -7,8 +7,9 @@
      and compute each model's mean activations over it (the pruning baseline; cached);
   3. evaluate every registered task on both models (accuracy, task loss);
   4. for each task the sparse model solves (accuracy >= `solve_threshold`), prune a circuit in both
-     models with the same `PruneConfig` and save them as `circuits/{sparse,dense}/<task>.json`
-     (the prunes run in parallel processes, one per core by default);
+     models with the same `PruneConfig` (default: `QUICKSTART_PRUNE`, a smaller batch) and save
+     them as `circuits/{sparse,dense}/<task>.json` (the prunes run in parallel processes, one per
+     core by default);
   5. return a `QuickstartReport` (and write `report.json`): per task accuracy, loss, circuit nodes
      and edges in both models and the dense/sparse edge ratio, with the geometric mean over tasks.
 The library never prints: progress goes to an `on_event(message)` callback.
@@ -41,6 +42,10 @@ from sparsecircuits.model.transformer import Transformer
 from sparsecircuits.tasks.base import TASKS, TaskData, TaskError, get_task, load_task
 
 ASSETS = Path(__file__).parent / "assets" / "quickstart"
+# The quickstart's pruning budget, fitted to a few minutes on 2 CPU cores: half the default batch
+# (circuits within about +-20% of the batch-64 ones on the shipped pair; docs/results.md) and node
+# effects on 16 held-out examples. Flags override it; `sparsecircuits prune` uses the plain defaults.
+QUICKSTART_PRUNE: dict[str, Any] = {"batch_size": 32, "effect_examples": 16}
 
 
 @dataclass
@@ -97,10 +102,12 @@ def run_quickstart(
     solve_threshold: float = 0.9,
     on_event: Callable[[str], None] = lambda msg: None,
     workers: int = 0,
+    progress: Callable[[str, int, int], None] = lambda stage, done, total: None,
 ) -> QuickstartReport:
-    """See the module docstring."""
+    """See the module docstring. `on_event(message)` gets one line per finished piece of work and
+    `progress(stage, done, total)` the counts of the two long stages (task evaluation, pruning)."""
     t0 = time.perf_counter()
-    cfg = prune_cfg or PruneConfig()
+    cfg = prune_cfg or PruneConfig(**QUICKSTART_PRUNE)
     out_dir = Path(out_dir)
     s, d = _load_pair(sparse_path, dense_path)
     tok = load_tokenizer(s.tokenizer_path)  # type: ignore[arg-type]
@@ -110,7 +117,8 @@ def run_quickstart(
 
     names = tasks or sorted(n for n, spec in TASKS.items() if spec.domain == "python")  # not the language tasks
     rows, jobs = [], []
-    for name in names:
+    for i, name in enumerate(names):
+        progress("evaluate tasks", i, len(names))
         get_task(name)
         try:
             data = load_task(name, tok, s.model.cfg.n_ctx, n=n_examples)
@@ -123,8 +131,11 @@ def run_quickstart(
         if row.solved:
             jobs += [_PruneJob(row, kind, ck.path, data) for kind, ck in (("dense", d), ("sparse", s))]
         rows.append(row)
+    progress("evaluate tasks", len(names), len(names))
     models = {s.path: s.model, d.path: d.model}
-    for job, result, seconds in _run_prune_jobs(jobs, models, means, cfg, workers):
+    progress("prune circuits", 0, len(jobs))
+    for done, (job, result, seconds) in enumerate(_run_prune_jobs(jobs, models, means, cfg, workers), 1):
+        progress("prune circuits", done, len(jobs))
         result.circuit.metadata["model"] = str(job.path)
         result.circuit.save(out_dir / "circuits" / job.kind / f"{job.row.task}.json")
         md = result.circuit.metadata

@@ -78,8 +78,9 @@ def size_plot(report: QuickstartReport, path: Path) -> bytes:
         ax.text(x - 0.2, v, str(v), ha="center", va="bottom", fontsize=7)
     for x, v in zip(xs, d):
         ax.text(x + 0.2, v, str(v), ha="center", va="bottom", fontsize=7)
-    ax.set_yscale("log")
-    ax.set_ylim(1, 4 * max(s + d + [1]))  # bars start at one edge, so heights compare on the log scale
+    if max(s + d + [0]) > 0:  # all-empty circuits (a degenerate run) have nothing to show on a log scale
+        ax.set_yscale("log")
+        ax.set_ylim(1, 4 * max(s + d))  # bars start at one edge, so heights compare on the log scale
     ax.set_ylabel("circuit edges")
     ax.set_title("circuit size at equal task loss", fontsize=10)
     ax.legend(fontsize=8, loc="upper left", ncols=2)
