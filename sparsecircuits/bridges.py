@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from sparsecircuits.config_utils import opt
+from sparsecircuits.config_utils import opt, require_at_least
 from sparsecircuits.model.config import ModelConfig
 from sparsecircuits.model.transformer import Transformer
 from sparsecircuits.sparsity import abs_topk
@@ -53,9 +53,7 @@ class BridgeConfig:
     def __post_init__(self) -> None:
         if not 0.0 < self.enc_topk <= 1.0:
             raise ValueError(f"BridgeConfig.enc_topk must be in (0, 1], got {self.enc_topk}")
-        for name in ("lm_coef", "nmse_coef", "kl_coef", "ridge"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"BridgeConfig.{name} must be >= 0, got {getattr(self, name)}")
+        require_at_least(self, 0, "lm_coef", "nmse_coef", "kl_coef", "ridge")
         if self.seq_len < 0:
             raise ValueError(f"BridgeConfig.seq_len must be >= 0 (0 = n_ctx), got {self.seq_len}")
         if self.hybrid_sites < 0:

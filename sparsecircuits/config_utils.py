@@ -22,3 +22,11 @@ def opt(default: Any, help: str, **kw: Any) -> Any:
     if type(default).__hash__ is None:
         return dataclasses.field(default_factory=lambda: copy.deepcopy(default), metadata=metadata, **kw)
     return dataclasses.field(default=default, metadata=metadata, **kw)
+
+
+def require_at_least(cfg: Any, minimum: int, *names: str) -> None:
+    """Raise a ValueError naming the first of `cfg`'s fields `names` that is below `minimum`."""
+    for name in names:
+        value = getattr(cfg, name)
+        if value < minimum:
+            raise ValueError(f"{type(cfg).__name__}.{name} must be >= {minimum}, got {value}")

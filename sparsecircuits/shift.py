@@ -34,7 +34,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from sparsecircuits.config_utils import opt
+from sparsecircuits.config_utils import opt, require_at_least
 from sparsecircuits.data.shift_data import ShiftDataset, ShiftSplit
 from sparsecircuits.discover.dictionary_graph import (
     Site,
@@ -65,9 +65,7 @@ class ShiftConfig:
     batch: int = opt(32, "snippets per forward pass")
 
     def __post_init__(self) -> None:
-        for name in ("circuit_examples", "ig_steps", "circuit_size", "random_seeds", "batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ShiftConfig.{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "circuit_examples", "ig_steps", "circuit_size", "random_seeds", "batch")
         if self.auto_quote_min < 0 or self.auto_ratio < 0 or self.l2 < 0:
             raise ValueError("ShiftConfig.auto_quote_min, auto_ratio and l2 must be >= 0")
 

@@ -35,7 +35,7 @@ from typing import Any
 
 from sparsecircuits import checkpoint as ckpt
 from sparsecircuits.atomic import atomic_write_text
-from sparsecircuits.config_utils import opt
+from sparsecircuits.config_utils import opt, require_at_least
 from sparsecircuits.data.corpus import DataConfig
 from sparsecircuits.discover.prune import PruneConfig
 from sparsecircuits.graph import Circuit, geometric_mean
@@ -84,9 +84,7 @@ class SweepConfig:
             self.data = DataConfig(**self.data)
         if isinstance(self.prune, dict):
             self.prune = PruneConfig(**self.prune)
-        for name in ("n_layers", "d_head", "mlp_ratio", "steps", "batch_size", "val_batches"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"SweepConfig.{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "n_layers", "d_head", "mlp_ratio", "steps", "batch_size", "val_batches")
         if self.ckpt_every < 0 or self.lr < 0 or self.embed_ratio <= 0 or self.n_ctx < 8 or self.n_examples < 4:
             raise ValueError("SweepConfig needs ckpt_every >= 0, lr >= 0, embed_ratio > 0, n_ctx >= 8, n_examples >= 4")
         bad_w = [w for w in self.widths if w < self.d_head or w % self.d_head]

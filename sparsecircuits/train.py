@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparsecircuits.config_utils import opt
+from sparsecircuits.config_utils import opt, require_at_least
 from sparsecircuits.model.transformer import Transformer
 from sparsecircuits.sparsity import kept_fraction, project_, target_nonzeros
 
@@ -75,12 +75,8 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         positive = ("steps", "batch_size", "val_batches", "keep_checkpoints", "log_every")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("val_every", "ckpt_every", "threads", "min_per_neuron"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        require_at_least(self, 1, *positive)
+        require_at_least(self, 0, "val_every", "ckpt_every", "threads", "min_per_neuron")
         for name in ("weight_frac", "embed_frac"):
             if not 0.0 < getattr(self, name) <= 1.0:
                 raise ValueError(f"TrainConfig.{name} must be in (0, 1], got {getattr(self, name)}")

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from sparsecircuits.config_utils import opt
+from sparsecircuits.config_utils import opt, require_at_least
 
 ARCHITECTURES: dict[str, type[Dictionary]] = {}
 
@@ -57,9 +57,7 @@ class DictConfig:
             raise ValueError("DictConfig.hook must name a hook point")
         self.out_hook = self.out_hook or self.hook
         self.d_out = self.d_out or self.d_in
-        for name in ("d_in", "d_out", "width"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"DictConfig.{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "d_in", "d_out", "width")
         if ARCHITECTURES[self.arch].uses_k and not 1 <= self.k <= self.width:
             raise ValueError(f"DictConfig.k must be in [1, width={self.width}], got {self.k}")
 

@@ -45,7 +45,7 @@ from torch import Tensor
 from sparsecircuits import distributed
 from sparsecircuits.atomic import atomic_dir
 from sparsecircuits.checkpoint import CheckpointError, read_json, read_tensors
-from sparsecircuits.config_utils import opt
+from sparsecircuits.config_utils import opt, require_at_least
 from sparsecircuits.dictionaries.activations import (
     ModelActivations,
     ShuffledBatches,
@@ -89,9 +89,7 @@ class DictTrainConfig:
 
     def __post_init__(self) -> None:
         self.resample_at = tuple(float(f) for f in self.resample_at)
-        for name in ("tokens", "batch_size", "buffer_tokens", "model_batch", "log_every", "dead_tokens"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"DictTrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "tokens", "batch_size", "buffer_tokens", "model_batch", "log_every", "dead_tokens")
         if self.buffer_tokens < self.batch_size:
             raise ValueError(f"DictTrainConfig.buffer_tokens ({self.buffer_tokens}) must be >= batch_size ({self.batch_size})")
         if not 0 <= self.decay_frac < 1 or not 0 <= self.sparsity_warmup_frac < 1:

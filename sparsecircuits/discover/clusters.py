@@ -28,7 +28,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sparsecircuits.config_utils import opt
+from sparsecircuits.config_utils import opt, require_at_least
 from sparsecircuits.discover.dictionary_graph import (
     NodeEffects,
     NodeValues,
@@ -67,10 +67,7 @@ class ClusterConfig:
     seed: int = opt(0, "seed of the subset and of k-means")
 
     def __post_init__(self) -> None:
-        for name in ("windows", "context", "max_contexts", "clusters", "kmeans_iters", "min_size", "per_cluster",
-                     "batch"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ClusterConfig.{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "windows", "context", "max_contexts", "clusters", "kmeans_iters", "min_size", "per_cluster", "batch")
         if self.max_loss <= 0:
             raise ValueError(f"ClusterConfig.max_loss must be > 0, got {self.max_loss}")
 

@@ -29,7 +29,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sparsecircuits.config_utils import opt
+from sparsecircuits.config_utils import opt, require_at_least
 from sparsecircuits.discover.dictionary_graph import (
     ABLATIONS,
     METHODS,
@@ -73,9 +73,7 @@ class FeatureCircuitConfig:
             raise ValueError(f"FeatureCircuitConfig.ig_steps must be >= 1, got {self.ig_steps}")
         if self.aggregation not in ("auto", "position", "sum"):
             raise ValueError(f"FeatureCircuitConfig.aggregation must be auto, position or sum, got {self.aggregation!r}")
-        for name in ("node_threshold", "edge_threshold"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"FeatureCircuitConfig.{name} must be >= 0, got {getattr(self, name)}")
+        require_at_least(self, 0, "node_threshold", "edge_threshold")
 
 
 @dataclass

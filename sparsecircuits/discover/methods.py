@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sparsecircuits.ablation import ABLATIONS
-from sparsecircuits.config_utils import opt
+from sparsecircuits.config_utils import opt, require_at_least
 from sparsecircuits.discover import attribution, patching
 from sparsecircuits.discover.components import ComponentScores, ComponentTask, prepare, to_circuit
 from sparsecircuits.graph import Circuit
@@ -40,14 +40,10 @@ class DiscoverConfig:
             raise ValueError(f"DiscoverConfig.ablation must be one of {ABLATIONS}, got {self.ablation!r}")
         if self.ig_variant not in attribution.IG_VARIANTS:
             raise ValueError(f"DiscoverConfig.ig_variant must be one of {attribution.IG_VARIANTS}, got {self.ig_variant!r}")
-        for name in ("ig_steps", "batch_masks"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"DiscoverConfig.{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "ig_steps", "batch_masks")
         if self.top_edges < 0:
             raise ValueError(f"DiscoverConfig.top_edges must be >= 0, got {self.top_edges}")
-        for name in ("acdc_threshold", "path_threshold", "node_threshold"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"DiscoverConfig.{name} must be >= 0, got {getattr(self, name)}")
+        require_at_least(self, 0, "acdc_threshold", "path_threshold", "node_threshold")
         if not 0.0 < self.keep_fraction <= 1.0:
             raise ValueError(f"DiscoverConfig.keep_fraction must be in (0, 1], got {self.keep_fraction}")
 

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor
 
 from sparsecircuits.ablation import BASELINES, NodeSite, prune_sites
-from sparsecircuits.config_utils import opt
+from sparsecircuits.config_utils import opt, require_at_least
 from sparsecircuits.discover.weight_edges import circuit_edges
 from sparsecircuits.evaluate import Evaluation, MaskedTask
 from sparsecircuits.graph import Circuit, Node
@@ -60,9 +60,7 @@ class PruneConfig:
     seed: int = opt(0, "seed of the gate initialisation and batch order")
 
     def __post_init__(self) -> None:
-        for name in ("steps", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"PruneConfig.{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "steps", "batch_size")
         if self.baseline not in BASELINES:
             raise ValueError(f"PruneConfig.baseline must be one of {BASELINES}, got {self.baseline!r}")
         if self.target_slack < 0:

@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from sparsecircuits.config_utils import opt
+from sparsecircuits.config_utils import opt, require_at_least
 
 NORMS = ("rms", "layer")
 POSITIONS = ("none", "learned", "rotary")
@@ -71,9 +71,7 @@ class ModelConfig:
         # CLI flags arrive as strings; JSON as lists.
         self.rotary_scaling = tuple(float(x) for x in self.rotary_scaling)
         self.sliding_window_layers = tuple(int(x) for x in self.sliding_window_layers)
-        for name in ("d_model", "n_layers", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"ModelConfig.{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "d_model", "n_layers", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx")
         if self.n_kv_heads < 0 or (self.n_kv_heads and self.n_heads % self.n_kv_heads):
             raise ValueError(
                 f"ModelConfig.n_kv_heads must be 0 or divide n_heads={self.n_heads}, got {self.n_kv_heads}"

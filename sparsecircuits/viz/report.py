@@ -24,7 +24,7 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from sparsecircuits.atomic import atomic_write_text
-from sparsecircuits.config_utils import opt
+from sparsecircuits.config_utils import opt, require_at_least
 from sparsecircuits.graph import Circuit
 from sparsecircuits.model.transformer import Transformer
 from sparsecircuits.viz.data import page_data
@@ -48,9 +48,7 @@ class ViewConfig:
     effect_examples: int = opt(32, "held-out task examples for those ablation effects")
 
     def __post_init__(self) -> None:
-        for name in ("windows", "top_k", "bins", "examples"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"ViewConfig.{name} must be >= 1, got {getattr(self, name)}")
+        require_at_least(self, 1, "windows", "top_k", "bins", "examples")
         if not 0 <= self.attn_examples <= self.examples:
             raise ValueError(f"ViewConfig.attn_examples must be in [0, examples={self.examples}], got {self.attn_examples}")
         if self.effect_nodes < 0 or self.effect_examples < 1:
