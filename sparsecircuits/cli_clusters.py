@@ -26,7 +26,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--contexts-shown", type=int, default=5, help="contexts per cluster on the index page (default: 5)")
     p.add_argument("--cache-dir", type=Path, default=None, help="token cache (default: $SPARSECIRCUITS_CACHE)")
     add_config_flags(p, ClusterConfig, "clusters")
-    add_config_flags(p, FeatureCircuitConfig, "circuits (ablation is zero)")
+    add_config_flags(p, FeatureCircuitConfig, "circuits (ablation is zero)", defaults={"ablation": "zero"})
 
 
 def run_clusters(model, tok, sites, windows, cfg, ccfg, progress=None, status=None):  # noqa: ANN001, ANN201

@@ -66,7 +66,8 @@ def _context_text(tok, ids: list[int], pos: int, before: int = 12, after: int = 
     return (tok.decode(ids[lo:pos]) + "⟦" + tok.decode(ids[pos:pos + 1]) + "⟧" + tok.decode(ids[pos + 1:hi]))
 
 
-def _review(model, sites, tok, data, probe, circ, resp, marked, n_ctx: int, out: Path) -> None:  # noqa: ANN001
+def _review(model, sites, tok, data, probe, circ, resp, marked, n_ctx: int, out: Path,  # noqa: ANN001
+            write_ablate: bool = True) -> None:
     from sparsecircuits.atomic import atomic_write_text
     from sparsecircuits.edit import feature_id
     from sparsecircuits.shift import top_contexts
@@ -98,7 +99,8 @@ def _review(model, sites, tok, data, probe, circ, resp, marked, n_ctx: int, out:
     atomic_write_text(out / "review.md", "\n".join(md) + "\n")
     atomic_write_text(out / "review.json", json.dumps({"probe_hook": probe.hook, "features": rows,
                                                        "errors": circ.errors}, indent=1))
-    atomic_write_text(out / "ablate.txt", "\n".join(lines) + "\n")
+    if write_ablate:  # not over the file the person edited and passed to --ablate
+        atomic_write_text(out / "ablate.txt", "\n".join(lines) + "\n")
     circ.circuit.save(out / "circuit.json")
 
 
@@ -133,7 +135,8 @@ def cmd_shift(args: argparse.Namespace, console: Console) -> int:
                              StageBars(progress))
     resp = feature_responses(model, sites, amb, circ.features, cfg.batch)
     marked = auto_select(resp, cfg.auto_quote_min, cfg.auto_ratio)
-    _review(model, sites, tok, data, probe, circ, resp, marked, args.contexts, args.out)
+    own = args.ablate is not None and args.ablate.resolve() == (args.out / "ablate.txt").resolve()
+    _review(model, sites, tok, data, probe, circ, resp, marked, args.contexts, args.out, write_ablate=not own)
     console.print(f"probe circuit: {len(circ.features)} features; automatic rule marks {len(marked)}; review -> "
                   f"{args.out / 'review.md'}, {args.out / 'ablate.txt'}")
     if chosen is None and not args.auto:

@@ -3,6 +3,7 @@ collection, batched cluster circuits against one cluster at a time, and the esca
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from conftest import tiny_model, tokens
@@ -41,8 +42,6 @@ def test_kmeans_handles_duplicates_and_bad_k():
     x = torch.zeros(6, 3)
     km = kmeans(x, 3)
     assert km.labels.unique().numel() == 3  # emptied clusters restart on points
-    import pytest
-
     with pytest.raises(ValueError, match="1 <= k <= n"):
         kmeans(x, 7)
 
@@ -125,3 +124,84 @@ def test_cli_reports_missing_dictionaries(tmp_path, capsys):
     qs = Path(__file__).resolve().parents[1] / "sparsecircuits" / "assets" / "quickstart" / "sparse"
     rc = main(["clusters", "--model", str(qs), "--dicts", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
     assert rc == 2 and "does not exist" in " ".join(capsys.readouterr().out.split())
+
+
+class _HostileDecode:
+    """A tokenizer whose decoded text carries markup, to check that the index page escapes data."""
+
+    EVIL = "</script><script>alert(1)</script><img src=x onerror=alert(2)>"
+
+    def __init__(self, tok) -> None:  # noqa: ANN001
+        self.tok = tok
+
+    def decode(self, ids: list[int]) -> str:
+        return self.EVIL + self.tok.decode(ids)
+
+
+@pytest.mark.parametrize("corpus", [
+    "email",  # the shipped model with its corpus record narrowed to one stdlib package: tokenizes in ~1 s
+    pytest.param("stdlib", marks=pytest.mark.slow),  # as shipped: tokenizes the whole stdlib (~30 s on one core)
+])
+def test_cli_clusters_end_to_end(corpus, tmp_path, monkeypatch):
+    """`clusters` on the shipped model with random dictionaries, every size flag turned down: rc 0,
+    clusters.json, circuits/cluster-NNN.json (stale ones removed) and index.html agree with each other,
+    numbers are finite, the token cache goes to --cache-dir, and decoded text is escaped on the page."""
+    import json
+    import math
+    import shutil
+    from pathlib import Path
+
+    import sparsecircuits.cli_clusters as cli_clusters
+    from sparsecircuits.cli import main
+    from sparsecircuits.data.corpus import stdlib_dir
+    from sparsecircuits.dictionaries import save_dictionary
+    from sparsecircuits.graph import Circuit
+
+    model = Path(__file__).resolve().parents[1] / "sparsecircuits" / "assets" / "quickstart" / "sparse"
+    if corpus == "email":
+        model = shutil.copytree(model, tmp_path / "model")
+        meta = json.loads((model / "meta.json").read_text())
+        meta["spec"]["data"].update(sources=[str(stdlib_dir() / "email")], val_percent=30.0)
+        (model / "meta.json").write_text(json.dumps(meta))
+    torch.manual_seed(0)
+    hooks = ["blocks.0.hook_resid_post", "blocks.2.hook_resid_post"]
+    for i, hook in enumerate(hooks):
+        d = make_dictionary(DictConfig(arch="relu", hook=hook, d_in=128, width=16))
+        with torch.no_grad():
+            d.b_enc.add_(0.1)
+        save_dictionary(d, tmp_path / "d" / str(i))
+    monkeypatch.setenv("SPARSECIRCUITS_CACHE", str(tmp_path / "env-cache"))  # the flag must win over it
+    write_outputs = cli_clusters.write_outputs
+    monkeypatch.setattr(cli_clusters, "write_outputs", lambda out, tok, *a: write_outputs(out, _HostileDecode(tok), *a))
+    out = tmp_path / "o"
+    (out / "circuits").mkdir(parents=True)
+    (out / "circuits" / "cluster-099.json").write_text("{}")  # from an earlier run
+    args = ["clusters", "--model", str(model), "--dicts", str(tmp_path / "d"), "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), "--windows", "4", "--max-loss", "1.0", "--context", "8",
+            "--max-contexts", "48", "--clusters", "3", "--kmeans-iters", "5", "--min-size", "2", "--per-cluster", "4",
+            "--batch", "8", "--ig-steps", "2", "--contexts-shown", "2"]
+    assert main(args) == 0
+
+    assert any((tmp_path / "cache" / "tokens").glob("*.val.u16")) and not (tmp_path / "env-cache").exists()
+    summary = json.loads((out / "clusters.json").read_text(), parse_constant=lambda c: pytest.fail(f"non-finite {c}"))
+    assert summary["sites"] == ["hook_embed", *hooks] and summary["circuit"]["ablation"] == "zero"
+    assert summary["config"]["clusters"] == 3 and summary["circuit"]["ig_steps"] == 2
+    n = summary["n_contexts"]
+    assert 3 <= n <= 48 and all(math.isfinite(v) and v >= 0 for v in summary["seconds"].values())
+    rows = summary["clusters"]
+    files = sorted((out / "circuits").glob("*.json"))
+    assert 1 <= len(rows) <= 3 and [f"circuits/{f.name}" for f in files] == sorted(r["circuit"] for r in rows)
+    assert len({r["cluster"] for r in rows}) == len(rows) and sum(r["size"] for r in rows) <= n
+    page = (out / "index.html").read_text(encoding="utf-8")
+    for r in rows:
+        assert 0 <= r["cluster"] < 3 and r["size"] >= 2 and math.isfinite(r["mean_log_p"]) and r["mean_log_p"] <= 0
+        assert len(r["members"]) == min(r["size"], 4) and all(0 <= i < n for i in r["members"])
+        c = Circuit.load(out / r["circuit"])
+        assert c.metadata["cluster"] == r["cluster"] and c.metadata["n_examples"] == len(r["members"])
+        assert r["n_nodes"] == len(c.scores) and r["n_edges"] == len(c.edges)
+        assert all(math.isfinite(v) for v in c.scores.values()) and all(math.isfinite(e.weight) for e in c.edges)
+        assert len(c.metadata["top_contexts"]) == 2 and c.metadata["top_contexts"][0].startswith(_HostileDecode.EVIL)
+        assert f'<a href="{r["circuit"]}">' in page
+    assert page.count("<tr><td>") == len(rows)
+    assert "<script" not in page.lower() and "<img" not in page and "&lt;/script&gt;&lt;script&gt;" in page
+    assert "default-src 'none'" in page

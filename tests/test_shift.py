@@ -171,3 +171,90 @@ def test_cli_reports_a_missing_ablate_file(tmp_path, capsys):
     rc = main(["shift", "--model", str(QS.parent), "--dicts", str(tmp_path / "sae"), "--out", str(tmp_path / "o"),
                "--ablate", str(tmp_path / "nope.txt")])
     assert rc == 2 and "does not exist" in " ".join(capsys.readouterr().out.split())
+
+
+def _strict_json(path: Path):
+    """The JSON in `path`; NaN and infinities (which `json.dumps` writes but JSON forbids) raise."""
+    import json
+
+    def refuse(name: str):
+        raise ValueError(f"{path.name}: non-finite number {name}")
+
+    return json.loads(path.read_text(encoding="utf-8"), parse_constant=refuse)
+
+
+def test_cli_shift_auto_then_the_edited_ablate_file(tmp_path, monkeypatch):
+    """The documented workflow on the shipped model with random dictionaries (one of them after the
+    probe's hook, left out): `--auto` writes the review, circuit and results; then the person's edit of
+    the review's ablate.txt is run with `--ablate` into the same folder. Hostile context text stays
+    inside the review's quoted code lines; the listed features (and only they) are zero-ablated, and
+    the ablation changes the pooled activation the probe reads; the edited file is left as it was."""
+    import math
+
+    import sparsecircuits.cli_shift as cli_shift
+    import sparsecircuits.shift as shift_mod
+    from sparsecircuits.cli import main
+    from sparsecircuits.dictionaries import save_dictionary
+    from sparsecircuits.graph import Circuit
+
+    torch.manual_seed(0)
+    hooks = ["blocks.0.hook_resid_post", "blocks.1.hook_resid_post", "blocks.2.hook_resid_post"]
+    for i, hook in enumerate(hooks):
+        save_dictionary(make_dictionary(DictConfig(arch="relu", hook=hook, d_in=128, width=16)), tmp_path / "d" / str(i))
+    evil = "</script><script>alert(1)</script>\n## injected <img src=x onerror=alert(2)>"
+    context_text = cli_shift._context_text
+    monkeypatch.setattr(cli_shift, "_context_text", lambda *a, **k: context_text(*a, **k) + evil)
+    out = tmp_path / "o"
+    small = ["--data-length", "16", "--data-n-ambiguous", "12", "--data-n-balanced-train", "8",
+             "--data-n-balanced-test", "8", "--circuit-examples", "8", "--ig-steps", "2", "--circuit-size", "5",
+             "--random-seeds", "1", "--batch", "8", "--contexts", "2"]
+    base = ["shift", "--model", str(QS.parent), "--dicts", str(tmp_path / "d"), "--out", str(out), *small]
+    # quote-min 0 and ratio 0: the rule marks every circuit feature
+    assert main([*base, "--auto", "--auto-quote-min", "0", "--auto-ratio", "0"]) == 0
+
+    review, results = _strict_json(out / "review.json"), _strict_json(out / "results.json")
+    feats = review["features"]
+    assert len(feats) == 5 and review["probe_hook"] == "blocks.1.hook_resid_post"
+    assert all(math.isfinite(f[k]) for f in feats for k in ("effect", "quote_response", "label_response"))
+    assert [abs(f["effect"]) for f in feats] == sorted((abs(f["effect"]) for f in feats), reverse=True)
+    assert all(f["auto_ablate"] for f in feats)
+    ablate_lines = [ln.split("#")[0].strip() for ln in (out / "ablate.txt").read_text().splitlines()]
+    assert [ln for ln in ablate_lines if ln] == [f["feature"] for f in feats]  # all uncommented
+    assert results["mode"] == "auto" and results["ablated"] == [f["feature"] for f in feats]
+    assert results["sites"] == hooks[:2] and results["circuit_features"] == 5
+    assert results["config"]["auto_ratio"] == 0 and results["data"]["n_ambiguous"] == 12
+    assert set(results["rows"]) == {"original probe", "ablated", "ablated + retrained head", "random ablation",
+                                    "random ablation + retrained head", "oracle (balanced training data)"}
+    for row in results["rows"].values():
+        assert all(0 <= row[k] <= 1 for k in ("label", "spurious", "worst_group"))
+        assert len(row["groups"]) == 4 and all(0 <= g <= 1 for g in row["groups"])  # the balanced split has all four
+    circuit = Circuit.load(out / "circuit.json")
+    assert {f["feature"] for f in feats} <= circuit.node_ids
+    # data only inside indented (code) lines, JSON-quoted: it cannot open a tag or a heading
+    md = (out / "review.md").read_text(encoding="utf-8").splitlines()
+    assert any("<script>" in ln for ln in md)  # the hostile text reached the review ...
+    assert all(ln.startswith("    ") for ln in md if "<script" in ln or "injected" in ln)  # ... only in code lines
+    assert not any(ln.startswith("## injected") for ln in md)
+
+    # the person keeps two features that fire on the ambiguous split and comments out the rest
+    active = [f["feature"] for f in feats if f["contexts"]]
+    assert len(active) >= 3
+    keep = active[:2]
+    edited = ("# hand-edited\n\n" + "".join(f"{x}  # tracks quotes\n" for x in keep)
+              + "".join(f"# {x}\n" for x in active[2:]))
+    (out / "ablate.txt").write_text(edited)
+    pooled = shift_mod.pooled_activations
+    changes: list[float] = []
+
+    def spy(model, tokens, hook, sites=None, ablate=None, batch=64):  # noqa: ANN001, ANN202
+        x = pooled(model, tokens, hook, sites, ablate, batch)
+        if ablate and [f"{s}[{i}]" for s, i in ablate] == keep:
+            changes.append(float((x - pooled(model, tokens, hook, batch=batch)).abs().max()))
+        return x
+
+    monkeypatch.setattr(shift_mod, "pooled_activations", spy)
+    assert main([*base, "--ablate", str(out / "ablate.txt")]) == 0
+    results = _strict_json(out / "results.json")
+    assert results["mode"] == "file" and results["ablated"] == keep
+    assert len(changes) >= 2 and max(changes) > 1e-6  # balanced test + ambiguous split; the features fire
+    assert (out / "ablate.txt").read_text() == edited
