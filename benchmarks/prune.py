@@ -3,7 +3,8 @@
 Measures, on the models shipped for `sparsecircuits quickstart` (or `--sparse/--dense` checkpoints):
   * prune one task (default `single_double_quote`) on the sparse and on the dense model: wall
     seconds of `prune_task` (gate optimisation + bisection + node effects + edges), with the mean
-    baselines already cached;
+    baselines already cached, with `PruneConfig`'s defaults (batch 64, as `sparsecircuits prune`)
+    and with the quickstart's budget (`QUICKSTART_PRUNE`: batch 32, effects on 16 examples);
   * the whole quickstart twice: with an empty cache (a fresh machine: tokenizing the corpus, mean
     baselines) and with a warm cache.
 Targets (issue 3): pruning one task < 60 s; quickstart on a fresh machine < 3 min on 2 CPU cores.
@@ -30,17 +31,17 @@ from sparsecircuits.ablation import checkpoint_means
 from sparsecircuits.checkpoint import load_checkpoint
 from sparsecircuits.data.tokenizer import load_tokenizer
 from sparsecircuits.discover.prune import PruneConfig, prune_task
-from sparsecircuits.quickstart import ASSETS, run_quickstart
+from sparsecircuits.quickstart import ASSETS, QUICKSTART_PRUNE, run_quickstart
 from sparsecircuits.tasks.base import load_task
 
 
-def time_prune(path: Path, task: str, cache: Path) -> dict:
+def time_prune(path: Path, task: str, cache: Path, cfg: PruneConfig) -> dict:
     ck = load_checkpoint(path)
     tok = load_tokenizer(ck.tokenizer_path)
     means = checkpoint_means(ck.model, ck.meta, tok, cache)
     data = load_task(task, tok, ck.model.cfg.n_ctx)
     t0 = time.perf_counter()
-    result = prune_task(ck.model, data, PruneConfig(), means)
+    result = prune_task(ck.model, data, cfg, means)
     md = result.circuit.metadata
     return {"model": str(path), "task": task, "seconds": time.perf_counter() - t0, "nodes": md["n_nodes"],
             "edges": md["n_edges"], "circuit_loss": md["losses"]["circuit"]}
@@ -71,9 +72,10 @@ def main() -> None:
         if not args.skip_quickstart:
             rows.append({"what": "quickstart, empty cache (fresh machine)", "seconds": time_quickstart(cache)})
             rows.append({"what": "quickstart, warm cache", "seconds": time_quickstart(cache)})
-        for kind, path in (("sparse", args.sparse), ("dense", args.dense)):
-            r = time_prune(path, args.task, cache)
-            rows.append({"what": f"prune {args.task} ({kind})", **r})
+        for budget, cfg in (("defaults", PruneConfig()), ("quickstart budget", PruneConfig(**QUICKSTART_PRUNE))):
+            for kind, path in (("sparse", args.sparse), ("dense", args.dense)):
+                r = time_prune(path, args.task, cache, cfg)
+                rows.append({"what": f"prune {args.task} ({kind}, {budget})", **r})
     table = Table(title=f"main-job cost on CPU ({torch.get_num_threads()} threads)")
     for col in ("what", "seconds", "nodes", "edges"):
         table.add_column(col, justify="left" if col == "what" else "right")
