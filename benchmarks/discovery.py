@@ -164,8 +164,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="task examples and edge sample")
     ap.add_argument("--ig-steps", type=int, default=8)
     ap.add_argument("--exact-sample", type=int, default=16,
-                    help="edges timed for exact patching (a masked forward each: ~20 s at full size here)")
-    ap.add_argument("--batch-masks", type=int, default=8, help="ours: mask sets per masked forward")
+                    help="edges timed for exact patching (a masked forward each: 7-25 s at full size here)")
+    ap.add_argument("--batch-masks", type=int, default=1, help="ours: mask sets per masked forward (at full size "
+                    "on 1 CPU thread more is slower per edge: the copies do not fit in cache)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads, both sides")
     ap.add_argument("--ac-python", type=Path, default=ROOT / ".venv-ac" / "bin" / "python",
                     help="interpreter with auto-circuit installed (skipped if missing)")
@@ -176,10 +177,13 @@ def main() -> None:
     model, data = build_model(args), one_length_task(args)
     edges = torch.nonzero(build_graph(model).valid)  # [E, 2] writer, reader
     pick = torch.randperm(len(edges), generator=torch.Generator().manual_seed(args.seed))[: args.exact_sample]
+    load = {"start": os.getloadavg()[0]}  # 1-minute load average: other jobs on the machine skew both sides
     with console.status(f"timing auto-circuit ({args.ac_python})"):
         ac = time_autocircuit(args, model, data, edges, pick)
+    load["after_autocircuit"] = os.getloadavg()[0]
     with console.status("timing ours"):
         ours = time_ours(args, model, data, edges[pick])
+    load["after_ours"] = os.getloadavg()[0]
     table_rows = rows(args, ours, ac, len(edges))
     na = "not installed" if not ac["installed"] else "failed" if "error" in ac else "—"
     table = Table(title=f"{args.layers} layers, d_model {args.d_model}, vocab {args.vocab}; {args.task}: {len(data)} "
@@ -203,7 +207,7 @@ def main() -> None:
     cfg = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     ac_out = {k: v for k, v in ac.items() if k not in ("eap", "exact")} | {"agreement": agree}
     args.out.write_text(json.dumps({
-        "config": cfg, "torch": torch.__version__,
+        "config": cfg, "torch": torch.__version__, "load_average": load,
         "task": {"name": data.name, "examples": len(data), "prompt_tokens": data.tokens.shape[1],
                  "answers": data.answer_strings, "full_metric": task.full, "empty_metric": task.empty},
         "graph": {"ours": "component graph: embed+pos, heads, MLPs -> q/k/v of every head, MLP inputs, logits",
