@@ -43,7 +43,7 @@ from sparsecircuits.tasks.base import TASKS, TaskData, TaskError, get_task, load
 
 ASSETS = Path(__file__).parent / "assets" / "quickstart"
 # The quickstart's pruning budget, fitted to a few minutes on 2 CPU cores: half the default batch
-# (circuits within about +-20% of the batch-64 ones on the shipped pair; docs/results.md) and node
+# (circuits within about +-30% of the batch-64 ones on the shipped pair; docs/results.md) and node
 # effects on 16 held-out examples. Flags override it; `sparsecircuits prune` uses the plain defaults.
 QUICKSTART_PRUNE: dict[str, Any] = {"batch_size": 32, "effect_examples": 16}
 
