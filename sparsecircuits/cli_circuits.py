@@ -30,10 +30,13 @@ def cmd_quickstart(args: argparse.Namespace, console: Console) -> int:
         sparse, dense = _retrain(args, console)
     console.print(f"[bold]sparsecircuits quickstart[/]: circuits in {sparse} vs its dense twin -> {args.out}")
     from sparsecircuits.console import StageBars, stage_progress
+    from sparsecircuits.viz.report import QuickstartPages
 
+    pages = QuickstartPages(args.out, _cache(args), {"sparse": sparse, "dense": dense}, on_event=console.log)
     with stage_progress(console) as bars:
         report = run_quickstart(args.out, _cache(args), sparse, dense, args.tasks, cfg, args.n_examples, args.solve_threshold,
-                                on_event=console.log, workers=args.workers, progress=StageBars(bars))
+                                on_event=console.log, workers=args.workers, progress=StageBars(bars),
+                                on_circuit=pages.circuit)
     table = Table(title=f"Task circuits, weight-sparse vs dense (pruned to task loss <= {cfg.target_loss} nats)")
     for col in ("task", "answers", "acc sparse", "acc dense", "nodes", "edges", "dense nodes", "dense edges", "ratio"):
         table.add_column(col, justify="left" if col in ("task", "answers") else "right")
@@ -53,10 +56,8 @@ def cmd_quickstart(args: argparse.Namespace, console: Console) -> int:
                   f"{report.seconds:.0f} s; report: {Path(args.out) / 'report.json'}")
     for note in report.notes:
         console.print(f"[yellow]note[/]: {note} (marked *)")
-    from sparsecircuits.viz.report import write_quickstart_report
-
-    with console.status("circuit pages") as status:
-        index = write_quickstart_report(report, _cache(args), on_event=lambda m: (status.update(m), console.log(m)))
+    with console.status("index page"):
+        index = pages.index(report)
     console.print(f"circuit pages: {index} (one self-contained HTML file per circuit; open in any browser)")
     return 0
 

@@ -9,7 +9,9 @@
   4. for each task the sparse model solves (accuracy >= `solve_threshold`), prune a circuit in both
      models with the same `PruneConfig` (default: `QUICKSTART_PRUNE`, a smaller batch) and save
      them as `circuits/{sparse,dense}/<task>.json` (the prunes run in parallel processes, one per
-     core by default);
+     core by default, each starting as soon as its task is evaluated: pruning overlaps steps 3 and
+     4, and `on_circuit(task, kind)` gets each saved circuit while later ones are still
+     being pruned: the CLI writes its HTML page there);
   5. return a `QuickstartReport` (and write `report.json`): per task accuracy, loss, circuit nodes
      and edges in both models and the dense/sparse edge ratio, with the geometric mean over tasks.
 The library never prints: progress goes to an `on_event(message)` callback.
@@ -23,7 +25,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,10 +44,10 @@ from sparsecircuits.model.transformer import Transformer
 from sparsecircuits.tasks.base import TASKS, TaskData, TaskError, get_task, load_task
 
 ASSETS = Path(__file__).parent / "assets" / "quickstart"
-# The quickstart's pruning budget, fitted to a few minutes on 2 CPU cores: half the default batch
-# (circuits within about +-30% of the batch-64 ones on the shipped pair; docs/results.md) and node
-# effects on 16 held-out examples. Flags override it; `sparsecircuits prune` uses the plain defaults.
-QUICKSTART_PRUNE: dict[str, Any] = {"batch_size": 32, "effect_examples": 16}
+# The quickstart's pruning budget, fitted to under 3 minutes on 2 CPU cores: a quarter of the default
+# batch (circuits within about +-30% of the batch-64 ones on the shipped pair; docs/results.md) and
+# node effects on 16 held-out examples. Flags override it; `sparsecircuits prune` uses the defaults.
+QUICKSTART_PRUNE: dict[str, Any] = {"batch_size": 16, "effect_examples": 16}
 
 
 @dataclass
@@ -103,9 +105,11 @@ def run_quickstart(
     on_event: Callable[[str], None] = lambda msg: None,
     workers: int = 0,
     progress: Callable[[str, int, int], None] = lambda stage, done, total: None,
+    on_circuit: Callable[[str, str], None] = lambda task, kind: None,
 ) -> QuickstartReport:
     """See the module docstring. `on_event(message)` gets one line per finished piece of work and
-    `progress(stage, done, total)` the counts of the two long stages (task evaluation, pruning)."""
+    `progress(stage, done, total)` the counts of the two long stages (task evaluation, pruning);
+    `on_circuit(task, kind)` is called in this process as each circuit is saved."""
     t0 = time.perf_counter()
     cfg = prune_cfg or PruneConfig(**QUICKSTART_PRUNE)
     out_dir = Path(out_dir)
@@ -116,33 +120,37 @@ def run_quickstart(
     import sparsecircuits.tasks  # noqa: F401  (registers the built-in tasks)
 
     names = tasks or sorted(n for n, spec in TASKS.items() if spec.domain == "python")  # not the language tasks
-    rows, jobs = [], []
-    for i, name in enumerate(names):
-        progress("evaluate tasks", i, len(names))
-        get_task(name)
-        try:
-            data = load_task(name, tok, s.model.cfg.n_ctx, n=n_examples)
-        except TaskError as e:
-            on_event(f"skipping {name}: {e}")
-            continue
-        ev_s, ev_d = evaluate_task(s.model, data), evaluate_task(d.model, data)
-        row = TaskRow(name, data.answer_strings, len(data), ev_s, ev_d, ev_s.accuracy >= solve_threshold)
-        on_event(f"{name}: accuracy sparse {ev_s.accuracy:.2f}, dense {ev_d.accuracy:.2f}")
-        if row.solved:
-            jobs += [_PruneJob(row, kind, ck.path, data) for kind, ck in (("dense", d), ("sparse", s))]
-        rows.append(row)
-    progress("evaluate tasks", len(names), len(names))
+    rows: list[TaskRow] = []
     models = {s.path: s.model, d.path: d.model}
-    progress("prune circuits", 0, len(jobs))
-    for done, (job, result, seconds) in enumerate(_run_prune_jobs(jobs, models, means, cfg, workers), 1):
-        progress("prune circuits", done, len(jobs))
-        result.circuit.metadata["model"] = str(job.path)
-        result.circuit.save(out_dir / "circuits" / job.kind / f"{job.row.task}.json")
-        md = result.circuit.metadata
-        summary = {k: md[k] for k in ("n_nodes", "n_edges", "losses", "reached_target")}
-        summary["seconds"] = seconds
-        setattr(job.row, f"{job.kind}_circuit", summary)
-        on_event(f"{job.row.task}: {job.kind} circuit {md['n_nodes']} nodes, {md['n_edges']} edges")
+    with _Pruner(models, means, cfg, workers) as pruner:
+        for i, name in enumerate(names):  # prunes start in the workers while later tasks are evaluated
+            progress("evaluate tasks", i, len(names))
+            get_task(name)
+            try:
+                data = load_task(name, tok, s.model.cfg.n_ctx, n=n_examples)
+            except TaskError as e:
+                on_event(f"skipping {name}: {e}")
+                continue
+            ev_s, ev_d = evaluate_task(s.model, data), evaluate_task(d.model, data)
+            row = TaskRow(name, data.answer_strings, len(data), ev_s, ev_d, ev_s.accuracy >= solve_threshold)
+            on_event(f"{name}: accuracy sparse {ev_s.accuracy:.2f}, dense {ev_d.accuracy:.2f}")
+            if row.solved:
+                for kind, ck in (("dense", d), ("sparse", s)):
+                    pruner.submit(_PruneJob(row, kind, ck.path, data))
+            rows.append(row)
+        progress("evaluate tasks", len(names), len(names))
+        progress("prune circuits", 0, len(pruner.jobs))
+        for done, (job, result, seconds) in enumerate(pruner.results(), 1):
+            result.circuit.metadata["model"] = str(job.path)
+            path = out_dir / "circuits" / job.kind / f"{job.row.task}.json"
+            result.circuit.save(path)
+            md = result.circuit.metadata
+            summary = {k: md[k] for k in ("n_nodes", "n_edges", "losses", "reached_target")}
+            summary["seconds"] = seconds
+            setattr(job.row, f"{job.kind}_circuit", summary)
+            on_event(f"{job.row.task}: {job.kind} circuit {md['n_nodes']} nodes, {md['n_edges']} edges")
+            on_circuit(job.row.task, job.kind)
+            progress("prune circuits", done, len(pruner.jobs))
     return _finish(rows, s, d, cfg, out_dir, time.perf_counter() - t0)
 
 
@@ -162,24 +170,49 @@ def _prune_in_worker(model: Transformer, data: TaskData, cfg: PruneConfig, means
     return result, time.perf_counter() - t0
 
 
-def _run_prune_jobs(jobs: list[_PruneJob], models: dict[Path, Transformer], means: dict[Path, dict[str, Tensor]],
-                    cfg: PruneConfig, workers: int) -> Iterator[tuple[_PruneJob, PruneResult, float]]:
-    """Prune every job, `workers` at a time in spawned processes (0 = one per CPU core, at most one per
-    job); 1 = in this process. Small models use cores better as separate single-threaded prunes than
-    as one multi-threaded one. Results come back in job order (pruning is seeded: same circuits)."""
-    n_cpu = os.cpu_count() or 1
-    workers = min(workers or n_cpu, max(1, len(jobs)))
-    if workers == 1:
-        for job in jobs:
-            result, seconds = _prune_in_worker(models[job.path], job.data, cfg, means[job.path],
-                                               torch.get_num_threads())
-            yield job, result, seconds
-        return
-    threads = max(1, n_cpu // workers)
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [pool.submit(_prune_in_worker, models[j.path], j.data, cfg, means[j.path], threads) for j in jobs]
-        for job, fut in zip(jobs, futures):
-            result, seconds = fut.result()
+class _Pruner:
+    """Prunes jobs `workers` at a time in spawned processes (0 = one per CPU core; 1 = in this process,
+    when `results()` is iterated). Small models use cores better as separate single-threaded prunes
+    than as one multi-threaded one. A job starts as soon as it is submitted, so pruning overlaps the
+    rest of the quickstart; while the pool runs, this process uses one thread (its own work, task
+    evaluation and pages, is light). Results come back in submission order (pruning is seeded: the
+    same circuits whatever the schedule)."""
+
+    def __init__(self, models: dict[Path, Transformer], means: dict[Path, dict[str, Tensor]], cfg: PruneConfig,
+                 workers: int) -> None:
+        self.models, self.means, self.cfg = models, means, cfg
+        self.workers = workers or os.cpu_count() or 1
+        self.jobs: list[_PruneJob] = []
+        self.futures: list[Future] = []
+        self.pool: ProcessPoolExecutor | None = None
+        self.threads = torch.get_num_threads()
+
+    def __enter__(self) -> _Pruner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            torch.set_num_threads(self.threads)
+
+    def submit(self, job: _PruneJob) -> None:
+        self.jobs.append(job)
+        if self.workers == 1:
+            return
+        if self.pool is None:
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("spawn"))
+            torch.set_num_threads(1)
+        threads = max(1, (os.cpu_count() or 1) // self.workers)
+        self.futures.append(self.pool.submit(_prune_in_worker, self.models[job.path], job.data, self.cfg,
+                                             self.means[job.path], threads))
+
+    def results(self) -> Iterator[tuple[_PruneJob, PruneResult, float]]:
+        for i, job in enumerate(self.jobs):
+            if self.workers == 1:
+                result, seconds = _prune_in_worker(self.models[job.path], job.data, self.cfg, self.means[job.path],
+                                                   self.threads)
+            else:
+                result, seconds = self.futures[i].result()
             yield job, result, seconds
 
 

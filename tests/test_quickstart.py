@@ -46,11 +46,21 @@ def test_quickstart_pipeline_writes_circuits_and_report(twins, tmp_path):
 
 
 def test_parallel_prunes_give_the_in_process_circuits(twins, tmp_path, monkeypatch):
-    """Prunes in 2 spawned worker processes (1 thread each) = the same prunes in this process."""
+    """Prunes in 2 spawned worker processes (1 thread each) = the same prunes in this process; each
+    saved circuit is handed to `on_circuit` (the pages hook) while the pool runs, and this process gets
+    its torch threads back afterwards."""
     sparse, dense, cache = twins
     kw = dict(tasks=["single_double_quote"], prune_cfg=PruneConfig(steps=5), n_examples=32, solve_threshold=0.0)
-    parallel = run_quickstart(tmp_path / "par", cache, sparse, dense, workers=2, **kw)
     threads = torch.get_num_threads()
+    seen = []
+
+    def on_circuit(task, kind):
+        assert (tmp_path / "par" / "circuits" / kind / f"{task}.json").exists()
+        seen.append((task, kind, torch.get_num_threads()))
+
+    parallel = run_quickstart(tmp_path / "par", cache, sparse, dense, workers=2, on_circuit=on_circuit, **kw)
+    assert seen == [("single_double_quote", "dense", 1), ("single_double_quote", "sparse", 1)]
+    assert torch.get_num_threads() == threads
     torch.set_num_threads(1)
     try:
         serial = run_quickstart(tmp_path / "ser", cache, sparse, dense, workers=1, **kw)
@@ -113,3 +123,7 @@ def test_quickstart_retrain_trains_both_twins_then_reports(small_corpus, tmp_pat
         meta = json.loads(next((out / "models" / name / "checkpoints").glob("step-*/meta.json")).read_text())
         assert meta["spec"]["train"]["dense"] is dense and meta["spec"]["train"]["steps"] == 3
     assert json.loads((out / "report.json").read_text())["rows"][0]["task"] == "single_double_quote"
+    index = (out / "index.html").read_text()
+    for kind in ("sparse", "dense"):  # pages written as the circuits came in, linked from the index
+        assert (out / "circuits" / kind / "single_double_quote.html").exists()
+        assert f"circuits/{kind}/single_double_quote.html" in index

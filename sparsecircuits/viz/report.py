@@ -193,52 +193,78 @@ def write_circuit_page(circuit: Circuit, path: Path, ctx: ModelContext | None = 
     return Path(path)
 
 
+class QuickstartPages:
+    """The pages of a quickstart run, next to its JSON. `circuit(task, kind)` writes one circuit's page
+    (`circuits/{kind}/<task>.html`, plus `<task>.bisection.png` with matplotlib) as soon as the circuit
+    is saved, so pages can be written while later circuits are still being pruned; `index(report)`
+    writes the pages not written yet, the size comparison plot and `index.html` (a table of all tasks
+    linking to the pages). Each model is loaded once, on its first page."""
+
+    def __init__(self, out_dir: Path, cache_dir: Path, checkpoints: dict[str, str | Path], cfg: ViewConfig | None = None,
+                 on_event: Event = lambda m: None) -> None:
+        from sparsecircuits.viz import plots
+
+        self.out, self.cache_dir, self.checkpoints = Path(out_dir), Path(cache_dir), checkpoints
+        self.cfg, self.on_event = cfg, on_event
+        self.contexts: dict[str, ModelContext] = {}
+        self.written: set[tuple[str, str]] = set()
+        self.have_mpl = plots.matplotlib_available()
+
+    def circuit(self, task: str, kind: str) -> Path:
+        from sparsecircuits.viz import plots
+
+        src = self.out / "circuits" / kind / f"{task}.json"
+        if kind not in self.contexts:
+            self.on_event(f"loading the {kind} model for the circuit pages")
+            self.contexts[kind] = load_model_context(Path(self.checkpoints[kind]), self.cache_dir,
+                                                     (self.cfg or ViewConfig()).windows, self.on_event)
+        circuit = Circuit.load(src)
+        self.on_event(f"page for the {kind} {task} circuit")
+        page = write_circuit_page(circuit, src.with_suffix(".html"), self.contexts[kind], self.cfg,
+                                  title=f"{task}: {kind} model", on_event=self.on_event)
+        if self.have_mpl:
+            plots.bisection_plot(circuit, src.with_suffix(".bisection.png"))
+        self.written.add((task, kind))
+        return page
+
+    def index(self, report: QuickstartReport) -> Path:
+        from sparsecircuits.viz import plots
+
+        out, have_mpl = self.out, self.have_mpl
+        links, images = [], {}
+        for r in report.rows:
+            row_links = {}
+            for kind in ("sparse", "dense"):
+                if getattr(r, f"{kind}_circuit") and (out / "circuits" / kind / f"{r.task}.json").exists():
+                    if (r.task, kind) not in self.written:
+                        self.circuit(r.task, kind)
+                    row_links[kind] = f"circuits/{kind}/{r.task}.html"
+            links.append(row_links)
+        if have_mpl and any(r.sparse_circuit and r.dense_circuit for r in report.rows):
+            images["circuit size, weight-sparse vs dense"] = plots.size_plot(report, out / "sizes.png")
+        columns = ["task", "answers", "acc sparse", "acc dense", "nodes", "edges", "dense nodes", "dense edges", "dense/sparse edges"]
+        rows = []
+        for r in report.rows:
+            sc, dc = r.sparse_circuit, r.dense_circuit
+            row: list[Any] = [r.task, f"{r.answers[0]!r} / {r.answers[1]!r}", r.sparse.accuracy, r.dense.accuracy]
+            if sc and dc:
+                row += [sc["n_nodes"], sc["n_edges"], dc["n_nodes"], dc["n_edges"], f"{dc['n_edges'] / max(sc['n_edges'], 1):.1f}x"]
+            else:
+                row += [None, None, None, None, "not solved"]
+            rows.append(row)
+        notes = list(report.notes) + [f"geometric mean of circuit edges: sparse {report.geomean_sparse_edges:.0f}, dense "
+                                      f"{report.geomean_dense_edges:.0f} (dense/sparse {report.geomean_ratio:.1f}x)",
+                                      f"sparse model {report.sparse_model}; dense twin {report.dense_model}; {report.seconds:.0f} s"]
+        if not have_mpl:
+            notes.append("plots not drawn: install the `viz` extra (matplotlib)")
+        index = out / "index.html"
+        atomic_write_text(index, render_index("sparsecircuits quickstart: task circuits, weight-sparse vs dense",
+                                              columns, rows, links, notes, images))
+        return index
+
+
 def write_quickstart_report(report: QuickstartReport, cache_dir: Path, cfg: ViewConfig | None = None,
                             on_event: Event = lambda m: None) -> Path:
-    """Pages for a quickstart run, next to its JSON: one per pruned circuit
-    (`circuits/{sparse,dense}/<task>.html`, plus `<task>.bisection.png` with matplotlib), the size
-    comparison plot and `index.html` (a table of all tasks linking to the pages). Returns the index."""
-    from sparsecircuits.viz import plots
-
-    out = Path(report.out_dir)
-    have_mpl = plots.matplotlib_available()
-    contexts: dict[str, ModelContext] = {}
-    for kind, ck in (("sparse", report.sparse_model), ("dense", report.dense_model)):
-        if any(getattr(r, f"{kind}_circuit") for r in report.rows):
-            on_event(f"loading the {kind} model for the circuit pages")
-            contexts[kind] = load_model_context(Path(ck), cache_dir, (cfg or ViewConfig()).windows, on_event)
-    links, images = [], {}
-    for r in report.rows:
-        row_links = {}
-        for kind in ("sparse", "dense"):
-            src = out / "circuits" / kind / f"{r.task}.json"
-            if getattr(r, f"{kind}_circuit") and src.exists():
-                circuit = Circuit.load(src)
-                on_event(f"page for the {kind} {r.task} circuit")
-                write_circuit_page(circuit, src.with_suffix(".html"), contexts.get(kind), cfg,
-                                   title=f"{r.task}: {kind} model", on_event=on_event)
-                if have_mpl:
-                    plots.bisection_plot(circuit, src.with_suffix(".bisection.png"))
-                row_links[kind] = f"circuits/{kind}/{r.task}.html"
-        links.append(row_links)
-    if have_mpl and any(r.sparse_circuit and r.dense_circuit for r in report.rows):
-        images["circuit size, weight-sparse vs dense"] = plots.size_plot(report, out / "sizes.png")
-    columns = ["task", "answers", "acc sparse", "acc dense", "nodes", "edges", "dense nodes", "dense edges", "dense/sparse edges"]
-    rows = []
-    for r in report.rows:
-        sc, dc = r.sparse_circuit, r.dense_circuit
-        row: list[Any] = [r.task, f"{r.answers[0]!r} / {r.answers[1]!r}", r.sparse.accuracy, r.dense.accuracy]
-        if sc and dc:
-            row += [sc["n_nodes"], sc["n_edges"], dc["n_nodes"], dc["n_edges"], f"{dc['n_edges'] / max(sc['n_edges'], 1):.1f}x"]
-        else:
-            row += [None, None, None, None, "not solved"]
-        rows.append(row)
-    notes = list(report.notes) + [f"geometric mean of circuit edges: sparse {report.geomean_sparse_edges:.0f}, dense "
-                                  f"{report.geomean_dense_edges:.0f} (dense/sparse {report.geomean_ratio:.1f}x)",
-                                  f"sparse model {report.sparse_model}; dense twin {report.dense_model}; {report.seconds:.0f} s"]
-    if not have_mpl:
-        notes.append("plots not drawn: install the `viz` extra (matplotlib)")
-    index = out / "index.html"
-    atomic_write_text(index, render_index("sparsecircuits quickstart: task circuits, weight-sparse vs dense",
-                                          columns, rows, links, notes, images))
-    return index
+    """All pages of a quickstart run at once (see `QuickstartPages`); returns the index."""
+    checkpoints = {"sparse": report.sparse_model, "dense": report.dense_model}
+    return QuickstartPages(Path(report.out_dir), cache_dir, checkpoints, cfg, on_event).index(report)
