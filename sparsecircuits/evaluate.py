@@ -89,7 +89,9 @@ class MaskedTask:
             m = {h: v[chunk] for h, v in masks.items()} if per_row_masks else masks
             b = None if base is None else {h: v[chunk, :width] if self.per_example else v for h, v in base.items()}
             with self.model.hooks(masked_hooks(m, b)):
-                parts.append(self.model(tokens[chunk, :width], at=lengths[chunk] - 1)[:, 0])
+                # trim: the last block computes the last position only (its hooks see one position,
+                # which a per-example baseline, indexed by position, cannot follow)
+                parts.append(self.model(tokens[chunk, :width], at=lengths[chunk] - 1, trim=not self.per_example)[:, 0])
         return torch.cat(parts)[torch.argsort(order)]
 
     @torch.no_grad()

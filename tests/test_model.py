@@ -44,6 +44,35 @@ def test_fused_and_explicit_attention_agree(overrides):
         torch.testing.assert_close(g_fused[n], p.grad, atol=1e-4, rtol=1e-4, msg=n)
 
 
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_trimmed_last_block_gives_the_same_logits_and_gradients(overrides):
+    """`trim=True` computes the last block only at each row's position `at` (keys and values
+    everywhere): same logits and parameter gradients as the full forward, on the fused path, the
+    explicit one and with split q/k/v inputs; the last block's hooks from `hook_z` see one position."""
+    model = tiny_model(**overrides)
+    t = tokens()
+    at = torch.arange(len(t)) % t.shape[1]  # a different position in every row, 0 included
+    split = model.hooks([(lambda n: n.endswith("hook_q_input"), lambda x, h: None)])
+    for path in (None, _explicit, lambda m: split):
+        ctx = path(model) if path else torch.enable_grad()
+        with ctx:
+            model.zero_grad()
+            full = model(t, at=at)
+            full.pow(2).sum().backward()
+            g_full = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+            model.zero_grad()
+            trimmed = model(t, at=at, trim=True)
+            trimmed.pow(2).sum().backward()
+        torch.testing.assert_close(trimmed, full, atol=1e-5, rtol=1e-5)
+        for n, g in g_full.items():
+            torch.testing.assert_close(dict(model.named_parameters())[n].grad, g, atol=1e-4, rtol=1e-4, msg=n)
+    last = len(model.blocks) - 1
+    shapes = {}
+    with model.hooks([(lambda n: n.startswith(f"blocks.{last}."), lambda x, h: (shapes.setdefault(h.name, x.shape), None)[1])]):
+        model(t, at=at, trim=True)
+    assert shapes[f"blocks.{last}.attn.hook_k"][1] == t.shape[1] and shapes[f"blocks.{last}.hook_mlp_out"][1] == 1
+
+
 def test_sink_at_minus_infinity_is_plain_attention():
     with_sink = tiny_model(attn_sink=True)
     plain = Transformer(ModelConfig(**{**with_sink.cfg.to_dict(), "attn_sink": False}))

@@ -171,9 +171,12 @@ class Attention(nn.Module):
         return _maybe_topk(y.reshape(B, T, -1), self.cfg, site).view(B, T, n, self.cfg.d_head)
 
     def forward(
-        self, x: Float[Tensor, "batch pos d_model"] | None, split: tuple[Tensor, Tensor, Tensor] | None = None
+        self, x: Float[Tensor, "batch pos d_model"] | None, split: tuple[Tensor, Tensor, Tensor] | None = None,
+        at: Int[Tensor, " batch"] | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
-        """`x` is the normed residual; or `split` = per-head normed inputs for q, k, v (see the module docstring)."""
+        """`x` is the normed residual; or `split` = per-head normed inputs for q, k, v (see the module
+        docstring). With `at`, only the query at position `at[b]` of each row attends (keys and values
+        at every position): the output and `hook_z` are `[batch, 1, ...]`."""
         cfg = self.cfg
         H, KV, dh = cfg.n_heads, cfg.kv_heads, cfg.d_head
         if split is None:
@@ -189,52 +192,62 @@ class Attention(nn.Module):
             v = self.hook_v(self._project_split(split[2], self.W_V, self.b_V, "v"))
         if cfg.positions == "rotary":
             q, k = self.hook_rot_q(self._rotary(q)), self.hook_rot_k(self._rotary(k))
+        qpos = None
+        if at is not None:
+            q, qpos = q[torch.arange(B, device=q.device), at].unsqueeze(1), at.view(B, 1)
         if self.hook_attn_scores.active or self.hook_pattern.active or cfg.attn_softcap:
-            z = self._explicit(q, k, v)
+            z = self._explicit(q, k, v, qpos)
         else:
-            z = self._fused(q, k, v)
+            z = self._fused(q, k, v, qpos)
         z = self.hook_z(z)  # [batch, pos, head, d_head]
-        return F.linear(z.reshape(B, T, H * dh), self.W_O, self.b_O)
+        return F.linear(z.reshape(B, z.shape[1], H * dh), self.W_O, self.b_O)
 
-    def _allowed(self, T: int, device: torch.device) -> Tensor:
-        """[query, key] booleans: causal, and within the sliding window if this layer has one."""
-        allowed = torch.ones(T, T, dtype=torch.bool, device=device).tril()
+    def _allowed(self, T: int, device: torch.device, qpos: Tensor | None = None) -> Tensor:
+        """[query, key] booleans ([batch, query, key] for explicit query positions `qpos` [batch, q]):
+        causal, and within the sliding window if this layer has one."""
+        keys = torch.arange(T, device=device)
+        queries = keys[:, None] if qpos is None else qpos[..., None]
+        allowed = keys <= queries
         if self.window:
-            allowed = allowed.triu(1 - self.window)  # key > query - window
+            allowed &= keys > queries - self.window
         return allowed
 
-    def _explicit(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        B, T, H, dh = q.shape
-        KV = k.shape[2]
-        qg = q.view(B, T, KV, H // KV, dh)
-        scores = torch.einsum("bqkgd,bskd->bkgqs", qg, k).reshape(B, H, T, T) * self.scale
+    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor | None = None) -> Tensor:
+        B, Tq, H, dh = q.shape
+        T, KV = k.shape[1], k.shape[2]
+        qg = q.view(B, Tq, KV, H // KV, dh)
+        scores = torch.einsum("bqkgd,bskd->bkgqs", qg, k).reshape(B, H, Tq, T) * self.scale
         if self.cfg.attn_softcap:
             cap = self.cfg.attn_softcap
             scores = torch.tanh(scores / cap) * cap
-        allowed = self._allowed(T, q.device)
+        allowed = self._allowed(T, q.device, qpos)
+        allowed = allowed if qpos is None else allowed.unsqueeze(1)
         scores = self.hook_attn_scores(scores.masked_fill(~allowed, float("-inf")))
         if self.sink is not None:
-            sink = self.sink.to(scores.dtype).view(1, H, 1, 1).expand(B, H, T, 1)
+            sink = self.sink.to(scores.dtype).view(1, H, 1, 1).expand(B, H, Tq, 1)
             pattern = torch.cat((scores, sink), dim=-1).softmax(dim=-1)[..., :T]
         else:
             pattern = scores.softmax(dim=-1)
         pattern = self.hook_pattern(pattern)
-        pg = pattern.view(B, KV, H // KV, T, T)
-        return torch.einsum("bkgqs,bskd->bqkgd", pg, v).reshape(B, T, H, dh)
+        pg = pattern.view(B, KV, H // KV, Tq, T)
+        return torch.einsum("bkgqs,bskd->bqkgd", pg, v).reshape(B, Tq, H, dh)
 
-    def _fused(self, q: Tensor, k: Tensor, v: Tensor) -> Tensor:
-        B, T, H, dh = q.shape
+    def _fused(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor | None = None) -> Tensor:
+        B, Tq, H, dh = q.shape
+        T = k.shape[1]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [batch, head, pos, d_head]
         gqa = k.shape[1] != H
-        if self.sink is None and not self.window:
+        if self.sink is None and not self.window and qpos is None:
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=gqa)
         else:
-            mask = q.new_zeros(T, T).masked_fill(~self._allowed(T, q.device), float("-inf")).expand(H, T, T)
+            allowed = self._allowed(T, q.device, qpos)
+            Bm = 1 if qpos is None else B  # the mask is per row only for explicit query positions
+            mask = q.new_zeros(allowed.shape).masked_fill(~allowed, float("-inf")).view(Bm, 1, Tq, T).expand(Bm, H, Tq, T)
             if self.sink is not None:
                 # The sink is one more key, of value zero, whose logit comes from the additive mask.
                 zeros = k.new_zeros(B, k.shape[1], 1, dh)
                 k, v = torch.cat((k, zeros), dim=2), torch.cat((v, zeros), dim=2)
-                mask = torch.cat((mask, self.sink.to(q.dtype).view(H, 1, 1).expand(H, T, 1)), dim=-1)
+                mask = torch.cat((mask, self.sink.to(q.dtype).view(1, H, 1, 1).expand(Bm, H, Tq, 1)), dim=-1)
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
         return z.transpose(1, 2)
 
@@ -292,15 +305,20 @@ class Block(nn.Module):
             self.hook_resid_mid = HookPoint()
         self.hook_mlp_out, self.hook_resid_post = HookPoint(), HookPoint()
 
-    def forward(self, resid: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, resid: Float[Tensor, "batch pos d_model"], at: Int[Tensor, " batch"] | None = None
+                ) -> Float[Tensor, "batch pos d_model"]:
+        """With `at`, everything after attention's q, k, v is computed only at position `at[b]` of each
+        row (the hooks from `attn.hook_z` on see `[batch, 1, ...]`)."""
         cfg = self.cfg
         resid = self.hook_resid_pre(resid)
         if self.hook_q_input.active or self.hook_k_input.active or self.hook_v_input.active:
             copies = ((self.hook_q_input, cfg.n_heads), (self.hook_k_input, cfg.kv_heads), (self.hook_v_input, cfg.kv_heads))
             split = tuple(self.ln1(hook(resid.unsqueeze(2).expand(-1, -1, n, -1))) for hook, n in copies)
-            attn_out = self.attn(None, split)  # type: ignore[arg-type]
+            attn_out = self.attn(None, split, at)  # type: ignore[arg-type]
         else:
-            attn_out = self.attn(self.ln1(resid))
+            attn_out = self.attn(self.ln1(resid), at=at)
+        if at is not None:
+            resid = resid[torch.arange(len(resid), device=resid.device), at].unsqueeze(1)
         if cfg.post_norms:
             attn_out = self.ln1_post(attn_out)
         attn_out = self.hook_attn_out(_maybe_topk(attn_out, cfg, "attn_out"))
@@ -348,11 +366,14 @@ class Transformer(HookedModule):
             self(torch.zeros(1, 2, dtype=torch.long, device=self.W_E.device))
         return list(seen)
 
-    def forward(self, tokens: Int[Tensor, "batch pos"], at: Int[Tensor, " batch"] | None = None
-                ) -> Float[Tensor, "batch pos d_vocab"]:
+    def forward(self, tokens: Int[Tensor, "batch pos"], at: Int[Tensor, " batch"] | None = None,
+                trim: bool = False) -> Float[Tensor, "batch pos d_vocab"]:
         """Logits at every position, or with `at` only at one position per row ([batch, 1, d_vocab]:
         e.g. each prompt's last token, which is all a task metric reads; the final norm and its hooks
-        then see only those positions). Earlier positions are computed either way (attention reads them)."""
+        then see only those positions). Earlier positions are computed either way (attention reads
+        them), except with `trim=True`: the last block then computes only what position `at` needs
+        (queries, attention output, MLP at that position; keys and values everywhere), about a fifth
+        less work in a 4-layer model, and its hooks from `attn.hook_z` on see `[batch, 1, ...]`."""
         self._check_tokens(tokens)
         # F.embedding, not W[tokens]: its CPU backward is deterministic (index_put_ accumulate is not),
         # which exact resume relies on, and faster.
@@ -360,11 +381,13 @@ class Transformer(HookedModule):
         resid = self.hook_embed(embed * self.cfg.embed_scale if self.cfg.embed_scale != 1.0 else embed)
         if self.cfg.positions == "learned":
             resid = resid + self.hook_pos_embed(self.W_pos[: tokens.shape[1]])
-        for block in self.blocks:
-            resid = block(resid)
+        trimmed = trim and at is not None and len(self.blocks) > 0
+        for i, block in enumerate(self.blocks):
+            resid = block(resid, at if trimmed and i == len(self.blocks) - 1 else None)
         if at is not None:
             rows = torch.arange(len(tokens), device=tokens.device)
-            resid, tokens = resid[rows, at].unsqueeze(1), tokens[rows, at].unsqueeze(1)
+            tokens = tokens[rows, at].unsqueeze(1)
+            resid = resid if trimmed else resid[rows, at].unsqueeze(1)
         W_U = self.W_E if self.W_U is None else self.W_U
         logits = F.linear(self.ln_final(resid), W_U, self.b_U)
         if self.W_bigram is not None:
