@@ -83,6 +83,8 @@ def write_outputs(out: Path, tok, ctx, km, circuits, n_shown: int, notes: list[s
 
 
 def cmd_clusters(args: argparse.Namespace, console: Console) -> int:
+    import torch
+
     from sparsecircuits.checkpoint import load_checkpoint
     from sparsecircuits.cli import collect, default_cache_dir
     from sparsecircuits.cli_features import load_dictionaries
@@ -104,7 +106,8 @@ def cmd_clusters(args: argparse.Namespace, console: Console) -> int:
     sites = make_sites(model, [d.to(device) for d in load_dictionaries(args.dicts)], embed=True)
     data = checkpoint_tokens(ck, args.cache_dir or default_cache_dir())
     n_ctx = model.cfg.n_ctx
-    windows = [w[:, :n_ctx] for w in val_windows(data.val, max(1, cfg.windows // 16), min(16, cfg.windows), n_ctx)]
+    windows = [w[:, :n_ctx] for w in val_windows(data.val, -(-cfg.windows // 16), min(16, cfg.windows), n_ctx)]
+    windows = list(torch.cat(windows)[: cfg.windows].split(16))  # exactly cfg.windows, in batches of 16
     with stage_progress(console) as progress:
         task = progress.add_task("", total=None)
         ctx, km, members, circuits, secs = run_clusters(

@@ -78,6 +78,23 @@ def test_collect_contexts_filters_by_loss_and_repeats():
     assert 0 < len(strict.target) < len(ctx.target) and bool((strict.loss < ctx.loss.median()).all())
 
 
+def test_context_loss_is_measured_on_the_shortened_context():
+    """A position kept for its full-window loss is dropped when the model, given only the `context`
+    tokens, loses more than max_loss; the loss kept is the one of the context the circuits see."""
+    model, _ = _setup()
+    w = tokens(4, 20, seed=3)
+    every = collect_contexts(model, [w], ClusterConfig(max_loss=1e9, context=3, max_contexts=10_000))
+    with torch.no_grad():
+        full = -model(w).log_softmax(-1)[every.window, every.pos].gather(-1, every.target[:, None]).squeeze(-1)
+        alone = -model(every.tokens)[:, -1].log_softmax(-1).gather(-1, every.target[:, None]).squeeze(-1)
+    torch.testing.assert_close(every.loss, alone.float())
+    bound = float(full.median())
+    kept = collect_contexts(model, [w], ClusterConfig(max_loss=bound, context=3, max_contexts=10_000))
+    want = (full < bound) & (alone < bound)
+    assert (full < bound).sum() > want.sum() > 0  # the shortened context drops some of the window's picks
+    assert len(kept.target) == int(want.sum()) and bool((kept.loss < bound).all())
+
+
 def test_batched_cluster_circuits_equal_one_cluster_at_a_time():
     model, sites = _setup()
     ctx_tokens = tokens(10, 6, seed=5)
@@ -177,7 +194,7 @@ def test_cli_clusters_end_to_end(corpus, tmp_path, monkeypatch):
     (out / "circuits").mkdir(parents=True)
     (out / "circuits" / "cluster-099.json").write_text("{}")  # from an earlier run
     args = ["clusters", "--model", str(model), "--dicts", str(tmp_path / "d"), "--out", str(out),
-            "--cache-dir", str(tmp_path / "cache"), "--windows", "4", "--max-loss", "1.0", "--context", "8",
+            "--cache-dir", str(tmp_path / "cache"), "--windows", "20", "--max-loss", "1.0", "--context", "8",
             "--max-contexts", "48", "--clusters", "3", "--kmeans-iters", "5", "--min-size", "2", "--per-cluster", "4",
             "--batch", "8", "--ig-steps", "2", "--contexts-shown", "2"]
     assert main(args) == 0
@@ -193,8 +210,10 @@ def test_cli_clusters_end_to_end(corpus, tmp_path, monkeypatch):
     assert 1 <= len(rows) <= 3 and [f"circuits/{f.name}" for f in files] == sorted(r["circuit"] for r in rows)
     assert len({r["cluster"] for r in rows}) == len(rows) and sum(r["size"] for r in rows) <= n
     page = (out / "index.html").read_text(encoding="utf-8")
+    assert "from 20 held-out windows" in page  # --windows is exact, not rounded to a multiple of 16
     for r in rows:
-        assert 0 <= r["cluster"] < 3 and r["size"] >= 2 and math.isfinite(r["mean_log_p"]) and r["mean_log_p"] <= 0
+        # every member's loss, on the context the circuit sees, is below --max-loss 1.0
+        assert 0 <= r["cluster"] < 3 and r["size"] >= 2 and -1.0 < r["mean_log_p"] <= 0
         assert len(r["members"]) == min(r["size"], 4) and all(0 <= i < n for i in r["members"])
         c = Circuit.load(out / r["circuit"])
         assert c.metadata["cluster"] == r["cluster"] and c.metadata["n_examples"] == len(r["members"])

@@ -6,7 +6,8 @@ Steps:
   1. `collect_contexts`: run the model over corpus windows; keep the positions t whose next token it
      predicts with loss < `max_loss` nats, dropping induction repeats (the bigram (x_t, x_{t+1])
      already occurred earlier in the window, so copying explains the prediction); each kept position
-     becomes a context: the `context` tokens ending at t, with x_{t+1} as its target;
+     becomes a context: the `context` tokens ending at t, with x_{t+1} as its target, kept only if
+     the model's loss given that context alone is below `max_loss` too (the circuits see only it);
   2. `context_features`: each context's dictionary-feature activations at its last position, every
      site's block L2-normalised, concatenated and normalised again (cosine geometry);
   3. `kmeans`: k-means++ seeding and Lloyd iterations (pure torch), an emptied cluster restarting at
@@ -121,12 +122,30 @@ def collect_contexts(model: Transformer, windows: list[Tensor], cfg: ClusterConf
         idx = t[:, None] + torch.arange(-C + 1, 1, device=device)  # [m, C]
         parts.append((w[b[:, None], idx].cpu(), w[b, t + 1].cpu(), loss[b, t].cpu(), (b + n_seen).cpu(), t.cpu()))
         n_seen += w.shape[0]
-    if not parts or sum(len(p[1]) for p in parts) == 0:
-        raise ValueError(f"no position has loss < {cfg.max_loss} nats (outside induction repeats); raise max_loss")
-    cat = [torch.cat([p[i] for p in parts]) for i in range(5)]
+    cat = [torch.cat([p[i] for p in parts]) for i in range(5)] if parts else []
+    if cat:  # the circuits see only the C-token context: its own loss must pass too, and is the one kept
+        cat[2] = context_loss(model, cat[0], cat[1], cfg.batch)
+        ok = cat[2] < cfg.max_loss
+        cat = [x[ok] for x in cat]
+    if not cat or len(cat[1]) == 0:
+        raise ValueError(f"no position has loss < {cfg.max_loss} nats (outside induction repeats) with its "
+                         f"{C}-token context; raise max_loss or context")
     g = torch.Generator().manual_seed(cfg.seed)
     sel = torch.randperm(len(cat[1]), generator=g)[: cfg.max_contexts].sort().values
     return Contexts(*(x[sel] for x in cat))
+
+
+@torch.no_grad()
+def context_loss(model: Transformer, tokens: Int[Tensor, "n pos"], target: Int[Tensor, " n"], batch: int = 64
+                 ) -> Float[Tensor, " n"]:
+    """The model's loss (nats) on each context's target given the context alone."""
+    device = next(model.parameters()).device
+    out = []
+    for i in range(0, len(tokens), batch):
+        logp = model(tokens[i:i + batch].to(device), at=torch.full((len(tokens[i:i + batch]),), tokens.shape[1] - 1,
+                                                                      device=device))[:, 0].float().log_softmax(-1)
+        out.append(-logp.gather(-1, target[i:i + batch, None].to(device)).squeeze(-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0)
 
 
 @torch.no_grad()
