@@ -57,6 +57,13 @@ def test_examples_are_deterministic_in_the_seed(name):
     assert len(set(spec.examples(30, seed=3))) == 30
 
 
+@pytest.mark.parametrize("name", sorted(n for n in TASKS if n.startswith("seqcont_")))
+def test_sequence_counterfactuals_differ_from_their_prompt(name):
+    """Lan et al.'s corruption replaces the four members by random ones of the same length; a draw
+    that repeats the prompt (likely for months: few share a length) would corrupt nothing."""
+    assert all(ex.counterfactual != ex.prompt for ex in TASKS[name].examples(200, seed=0))
+
+
 @pytest.mark.parametrize("vocab", [2048, 1024])
 @pytest.mark.parametrize("name", sorted(n for n, spec in TASKS.items() if spec.domain == "python"))
 def test_task_fits_a_stdlib_tokenizer(name, vocab, stdlib_tokenizers):

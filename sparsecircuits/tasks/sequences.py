@@ -38,8 +38,14 @@ def _sequence(rng: random.Random, domain: tuple[str, ...], step: int = 1) -> Exa
     t = rng.randrange(len(TEMPLATES))
     subject = rng.choice(NAMES if "born" in TEMPLATES[t] else OBJECTS)
     # random same-domain members, each as long as the one it replaces (so that a BPE usually splits it
-    # into as many tokens: the counterfactual prompt must have the prompt's length)
-    cf = [rng.choice([d for d in domain if len(d) == len(m)]) for m in members]
+    # into as many tokens: the counterfactual prompt must have the prompt's length), drawn again when
+    # they repeat the prompt's members (May, August and September are the only months of their length)
+    pools = [[d for d in domain if len(d) == len(m)] for m in members]
+    if all(len(p) == 1 for p in pools):
+        raise ValueError(f"no counterfactual for {members}: every member is the only one of its length")
+    cf = members
+    while cf == members:
+        cf = [rng.choice(p) for p in pools]
     return Example(_prompt(TEMPLATES[t], subject, members), " " + domain[start + 4 * step], " " + members[-1],
                    _prompt(TEMPLATES[t], subject, cf))
 
