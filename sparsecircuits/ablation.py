@@ -218,10 +218,7 @@ def circuit_masks(circuit: Circuit, sites: list[NodeSite]) -> dict[str, Tensor]:
 def checkpoint_means(model: Transformer, meta: dict, tokenizer: object, cache_dir: Path) -> dict[str, Tensor]:
     """Mean baselines of a trained checkpoint over its own pretraining corpus (from its metadata;
     the stdlib when it has none), tokenized with its tokenizer. Cached."""
-    from sparsecircuits.data.batches import prepare_data
-    from sparsecircuits.data.corpus import DataConfig
+    from sparsecircuits.data.batches import checkpoint_corpus
 
-    spec = meta.get("spec", {}).get("data")
-    data_cfg = DataConfig(**spec) if spec else DataConfig(vocab_size=tokenizer.get_vocab_size())  # type: ignore[attr-defined]
-    corpus = prepare_data(data_cfg, Path(cache_dir), tokenizer=tokenizer)  # type: ignore[arg-type]
+    corpus = checkpoint_corpus(meta, tokenizer, Path(cache_dir))  # type: ignore[arg-type]
     return cached_means(model, corpus.train, Path(cache_dir))

@@ -99,6 +99,14 @@ def prepare_data(
     return TokenData(train=train, val=val, tokenizer=tok, fingerprint=fingerprint)
 
 
+def checkpoint_corpus(meta: dict, tokenizer: Tokenizer, cache_dir: Path, progress: Progress | None = None) -> TokenData:
+    """The token streams of a checkpoint's own pretraining corpus (the data spec in its metadata; the
+    stdlib when it has none), tokenized with its tokenizer; cached under `cache_dir`."""
+    spec = meta.get("spec", {}).get("data")
+    cfg = DataConfig(**spec) if spec else DataConfig(vocab_size=tokenizer.get_vocab_size())
+    return prepare_data(cfg, Path(cache_dir), tokenizer=tokenizer, progress=progress)
+
+
 def _corpus_tokenizer(cfg: DataConfig, cache_dir: Path, corpus_fp: str, progress: Progress | None) -> Tokenizer:
     """The cached tokenizer for this corpus and vocabulary, or a freshly trained (and cached) one."""
     path = cache_dir / "tokenizers" / f"{corpus_fp}-{cfg.vocab_size}-{cfg.tokenizer_sample_mb:g}mb.json"

@@ -99,7 +99,8 @@ def _walk(root: Path, pattern: str, skip_dir: Callable[[str], bool]) -> list[Pat
     return sorted(found, key=lambda p: p.relative_to(root).as_posix())
 
 
-def _stdlib_candidates() -> list[Path]:
+def stdlib_candidates() -> list[Path]:
+    """The standard library's `.py` files (test suites and other excluded folders left out), unread."""
     return _walk(stdlib_dir(), "*.py", lambda d: d in _EXCLUDED_STDLIB_DIRS)
 
 
@@ -116,14 +117,14 @@ def _read_text(path: Path, strict: bool) -> tuple[str | None, int]:
 
 def stdlib_files() -> list[Path]:
     """All ``*.py`` files of the stdlib, sorted, without site-/dist-packages or non-UTF-8 files."""
-    return [p for p in _stdlib_candidates() if _read_text(p, strict=False)[0] is not None]
+    return [p for p in stdlib_candidates() if _read_text(p, strict=False)[0] is not None]
 
 
 def _source_files(cfg: DataConfig) -> list[_SourceFile]:
     """The files of every source, in reading order; FileNotFoundError for a missing source."""
     if not cfg.sources:
         root = stdlib_dir()
-        return [_SourceFile(p, p.relative_to(root).as_posix(), False) for p in _stdlib_candidates()]
+        return [_SourceFile(p, p.relative_to(root).as_posix(), False) for p in stdlib_candidates()]
     files = []
     for source in cfg.sources:
         root = Path(source).expanduser()

@@ -136,10 +136,10 @@ def _requote_literal(lit: str, quote: str) -> str | None:
 
 
 def _files(rng: random.Random) -> tuple[list[tuple[Path, str]], list[tuple[Path, str]]]:
-    from sparsecircuits.data.corpus import _stdlib_candidates, stdlib_dir
+    from sparsecircuits.data.corpus import stdlib_candidates, stdlib_dir
 
     root = stdlib_dir()  # files are read lazily (non-UTF-8 ones are skipped in `_snippets`)
-    rel = [(p, p.relative_to(root).as_posix()) for p in _stdlib_candidates()]
+    rel = [(p, p.relative_to(root).as_posix()) for p in stdlib_candidates()]
     tests = [x for x in rel if is_test_file(x[1])]
     libs = [x for x in rel if is_library_file(x[1])]
     rng.shuffle(tests)

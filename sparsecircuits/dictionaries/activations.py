@@ -229,13 +229,9 @@ class ShuffledBatches:
 def checkpoint_tokens(ck: Checkpoint, cache_dir: Path, progress: Callable[[str, int, int], None] | None = None):  # noqa: ANN201
     """The token streams (`TokenData`) of a checkpoint's own pretraining corpus, tokenized with its
     tokenizer (the stdlib when its metadata names none); cached under `cache_dir`."""
-    from sparsecircuits.data.batches import prepare_data
-    from sparsecircuits.data.corpus import DataConfig
+    from sparsecircuits.data.batches import checkpoint_corpus
     from sparsecircuits.data.tokenizer import load_tokenizer
 
     if ck.tokenizer_path is None:
         raise ValueError(f"checkpoint {str(ck.path)!r} has no tokenizer.json; dictionaries need its corpus tokens")
-    tok = load_tokenizer(ck.tokenizer_path)
-    spec = ck.meta.get("spec", {}).get("data")
-    data_cfg = DataConfig(**spec) if spec else DataConfig(vocab_size=tok.get_vocab_size())
-    return prepare_data(data_cfg, Path(cache_dir), tokenizer=tok, progress=progress)
+    return checkpoint_corpus(ck.meta, load_tokenizer(ck.tokenizer_path), Path(cache_dir), progress)

@@ -70,8 +70,7 @@ def load_model_context(checkpoint: Path, cache_dir: Path, n_windows: int = 64, o
     (the stdlib when its metadata names none; tokenized and cached) and its mean baselines."""
     from sparsecircuits.ablation import cached_means
     from sparsecircuits.checkpoint import load_checkpoint
-    from sparsecircuits.data.batches import prepare_data, val_windows
-    from sparsecircuits.data.corpus import DataConfig
+    from sparsecircuits.data.batches import checkpoint_corpus, val_windows
     from sparsecircuits.data.tokenizer import load_tokenizer
 
     ck = load_checkpoint(checkpoint)
@@ -79,9 +78,7 @@ def load_model_context(checkpoint: Path, cache_dir: Path, n_windows: int = 64, o
         raise ValueError(f"{ck.path} has no tokenizer.json; the page needs the model's tokenizer")
     tok = load_tokenizer(ck.tokenizer_path)
     on_event("corpus windows and mean activations (tokenized and cached on first use)")
-    spec = ck.meta.get("spec", {}).get("data")
-    data_cfg = DataConfig(**spec) if spec else DataConfig(vocab_size=tok.get_vocab_size())
-    corpus = prepare_data(data_cfg, Path(cache_dir), tokenizer=tok)
+    corpus = checkpoint_corpus(ck.meta, tok, Path(cache_dir))
     n_ctx = ck.model.cfg.n_ctx
     batches = val_windows(corpus.val, max(1, -(-n_windows // 16)), min(16, n_windows), n_ctx)
     windows = torch.cat(batches)[:n_windows, :-1]
