@@ -87,7 +87,7 @@ def _review(model, sites, tok, data, probe, circ, resp, marked, n_ctx: int, out:
         rows.append({"feature": fid, "effect": eff, "quote_response": resp.quote[f], "label_response": resp.label[f],
                      "auto_ablate": f in marked,
                      "contexts": [{"text": t, "activation": a, "label": lab, "quote": q} for t, a, lab, q in texts]})
-        md += [f"## `{fid}` {'(auto: ablate)' if f in marked else ''}", "",
+        md += [f"## `{fid}`" + (" (auto: ablate)" if f in marked else ""), "",
                f"effect {eff:+.3f}, quote response {resp.quote[f]:+.2f}, label response {resp.label[f]:+.2f}", ""]
         md += [f"    {a:5.2f} {'test' if lab else 'lib '} {json.dumps(t, ensure_ascii=False)}"
                for t, a, lab, _ in texts] + [""]

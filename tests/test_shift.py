@@ -235,6 +235,7 @@ def test_cli_shift_auto_then_the_edited_ablate_file(tmp_path, monkeypatch):
     assert any("<script>" in ln for ln in md)  # the hostile text reached the review ...
     assert all(ln.startswith("    ") for ln in md if "<script" in ln or "injected" in ln)  # ... only in code lines
     assert not any(ln.startswith("## injected") for ln in md)
+    assert not any(ln.startswith("#") and ln != ln.rstrip() for ln in md)  # no trailing space on headings
 
     # the person keeps two features that fire on the ambiguous split and comments out the rest
     active = [f["feature"] for f in feats if f["contexts"]]
