@@ -120,6 +120,7 @@ def test_node_mask_equals_patching_the_head():
 
 def test_batched_masks_match_one_at_a_time():
     model, data = model_for("gqa-rotary"), fake_task()
+    assert prepare(model, data, "counterfactual").batch_masks == 1  # the default on CPU, where batching is slower
     task = prepare(model, data, "counterfactual", batch_masks=4)
     edges = torch.nonzero(task.graph.valid)[::7]
     batched = patching.exact_edges(task, None, edges)

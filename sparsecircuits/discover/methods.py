@@ -32,7 +32,7 @@ class DiscoverConfig:
     path_threshold: float = opt(0.02, "path patching: keep senders / edges with effect >= this x |full logit diff|")
     node_threshold: float = opt(0.01, "exact node patching: keep writers with effect >= this x |full logit diff|")
     keep_fraction: float = opt(0.8, "iterative pruning: share of the full logit difference the circuit must keep")
-    batch_masks: int = opt(16, "mask sets per batched forward (memory vs speed)")
+    batch_masks: int = opt(0, "mask sets per batched forward; 0 = 1 on CPU (batching is 1.6-3.4x slower per mask set there, docs/results.md), 16 on a GPU")
     seed: int = opt(0, "seed of the resample ablation")
 
     def __post_init__(self) -> None:
@@ -40,7 +40,8 @@ class DiscoverConfig:
             raise ValueError(f"DiscoverConfig.ablation must be one of {ABLATIONS}, got {self.ablation!r}")
         if self.ig_variant not in attribution.IG_VARIANTS:
             raise ValueError(f"DiscoverConfig.ig_variant must be one of {attribution.IG_VARIANTS}, got {self.ig_variant!r}")
-        require_at_least(self, 1, "ig_steps", "batch_masks")
+        require_at_least(self, 1, "ig_steps")
+        require_at_least(self, 0, "batch_masks")
         if self.top_edges < 0:
             raise ValueError(f"DiscoverConfig.top_edges must be >= 0, got {self.top_edges}")
         require_at_least(self, 0, "acdc_threshold", "path_threshold", "node_threshold")
