@@ -62,3 +62,20 @@ def test_discover_writes_a_circuit_the_viewer_schema_loads(tmp_path):
     back = Circuit.load(path)
     assert {(e.src, e.dst) for e in back.edges if e.kind == "residual"} == set(GROUND_TRUTH)
     assert back.metadata["faithfulness"] > 0.8 and back.metadata["n_nodes"] == 3
+
+
+def test_drop_dangling_removes_inputs_of_components_without_outputs(task):
+    """Edges into a head none of whose outgoing edges is kept are dropped, up the graph; a head with a
+    kept outgoing edge keeps its inputs."""
+    from sparsecircuits.discover.patching import drop_dangling
+
+    g = task.graph
+    gt = truth(task)
+    assert torch.equal(drop_dangling(task, gt), gt)  # the planted circuit is connected to the logits
+    # a head that writes nowhere in the circuit: feed one of its q/k/v readers from the embedding
+    lonely = next(w for w in range(len(g.writers)) if g.writers[w].kind == "head" and not gt[w].any()
+                  and any(g.valid[0, r] for r in g.reader_of_writer(w)))
+    r_in = next(r for r in g.reader_of_writer(lonely) if g.valid[0, r])
+    extra = gt.clone()
+    extra[0, r_in] = True
+    assert torch.equal(drop_dangling(task, extra), gt)

@@ -19,7 +19,8 @@ use the DESIGN.md sign, metric(before) - metric(after the removal), positive = t
                last layer down (the MLP, then heads from the last), ablate each head and MLP and drop it
                for good if the remaining circuit keeps >= `keep` (0.8) of the full metric; (2) inside
                the node circuit, path-patch each edge alone and keep those whose removal drops the
-               metric below `keep` x full.
+               metric below `keep` x full; then drop the edges into components left with no kept
+               outgoing edge (`drop_dangling`), so every component of the circuit reaches the logits.
 """
 
 from __future__ import annotations
@@ -160,9 +161,23 @@ def iterative_pruning(task: ComponentTask, keep: float = 0.8) -> ComponentScores
     base = node_mask(g, on)
     edges = exact_edges(task, base, torch.nonzero(inside))
     after = current - edges  # metric with each edge removed from the node circuit
-    selected = inside & (after < target)
+    important = inside & (after < target)
+    selected = drop_dangling(task, important)
     return ComponentScores(edges, nodes, selected,
-                           {"keep_fraction": keep, "node_circuit_metric": current, "n_circuit_nodes": int(on[1:].sum())})
+                           {"keep_fraction": keep, "node_circuit_metric": current, "n_circuit_nodes": int(on[1:].sum()),
+                            "n_dangling_edges_dropped": int(important.sum() - selected.sum())})
 
 
-__all__ = ["acdc", "exact_edge", "exact_edges", "exact_node", "iterative_pruning", "path_patching"]
+def drop_dangling(task: ComponentTask, selected: Tensor) -> Tensor:
+    """`selected` without the edges into components that have no selected outgoing edge (a head whose
+    input edges matter but none of whose output edges passed the threshold alone), repeated up the
+    graph: every component left has a path to the logits. Readers are visited from the logits back,
+    so a component's outgoing edges are final when its inputs are checked."""
+    kept = selected.clone()
+    for r in _reverse_readers(task):
+        if not _reader_live(task, r, kept.float()):
+            kept[:, r] = False
+    return kept
+
+
+__all__ = ["acdc", "drop_dangling", "exact_edge", "exact_edges", "exact_node", "iterative_pruning", "path_patching"]
