@@ -129,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tasks", help="list the tasks; with a checkpoint, evaluate it on each")
     t.add_argument("checkpoint", type=Path, nargs="?", default=None, help="checkpoint to evaluate")
     t.add_argument("--n-examples", type=int, default=256, help="examples per task")
+    t.add_argument("--json", type=Path, default=None,
+                   help="with a checkpoint or --model: also write each task's accuracy, loss and answer tokens to this JSON file")
     t.add_argument("--model", default=None,
                    help="evaluate a Hugging Face model instead: a local folder or a name in the HF cache "
                         "(downloaded only if online and huggingface_hub is installed)")

@@ -131,6 +131,10 @@ def cmd_tasks(args: argparse.Namespace, console: Console) -> int:
     model = tok = None
     if args.checkpoint is not None and getattr(args, "model", None):
         raise ValueError("give either a checkpoint or --model, not both")
+    out_json = getattr(args, "json", None)
+    if out_json is not None and args.checkpoint is None and not getattr(args, "model", None):
+        raise ValueError("--json needs a checkpoint or --model to evaluate")
+    results: dict[str, dict[str, object]] = {}
     if args.checkpoint is not None or getattr(args, "model", None):
         from sparsecircuits.checkpoint import load_checkpoint
         from sparsecircuits.data.tokenizer import load_tokenizer
@@ -153,8 +157,19 @@ def cmd_tasks(args: argparse.Namespace, console: Console) -> int:
                 data = load_task(name, tok, model.cfg.n_ctx, args.n_examples)
                 ev = evaluate_task(model, data)
                 cells += [f"{data.answer_strings[0]!r} / {data.answer_strings[1]!r}", f"{ev.accuracy:.2f}", f"{ev.loss:.3f}"]
+                results[name] = {"accuracy": ev.accuracy, "loss": ev.loss, "logit_diff": ev.logit_diff,
+                                 "n_examples": len(data), "answers": list(data.answer_strings)}
             except TaskError as e:
                 cells += ["-", "-", str(e)[:40]]
+                results[name] = {"error": str(e)}
         table.add_row(*cells)
     console.print(table)
+    if out_json is not None:
+        import json
+
+        from sparsecircuits.atomic import atomic_write_text
+
+        source = str(args.checkpoint) if args.checkpoint is not None else args.model
+        atomic_write_text(out_json, json.dumps({"model": source, "n_examples": args.n_examples, "tasks": results}, indent=1))
+        console.print(f"wrote {out_json}")
     return 0

@@ -106,6 +106,29 @@ def test_cli_tasks_lists_and_evaluates(twins, capsys):
     assert "accuracy" in capsys.readouterr().out
 
 
+def test_cli_tasks_json_records_what_evaluate_task_measures(twins, tmp_path, capsys):
+    import json
+
+    from sparsecircuits.checkpoint import load_checkpoint
+    from sparsecircuits.data.tokenizer import load_tokenizer
+    from sparsecircuits.evaluate import evaluate_task
+    from sparsecircuits.tasks.base import load_task
+
+    sparse, _, _ = twins
+    out = tmp_path / "acc.json"
+    assert main(["tasks", str(sparse), "--n-examples", "16", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["n_examples"] == 16
+    ck = load_checkpoint(sparse)
+    data = load_task("bracket_type", load_tokenizer(ck.tokenizer_path), ck.model.cfg.n_ctx, 16)
+    ev = evaluate_task(ck.model, data)
+    got = record["tasks"]["bracket_type"]
+    assert got["accuracy"] == ev.accuracy and abs(got["loss"] - ev.loss) < 1e-6
+    assert got["answers"] == list(data.answer_strings)
+    assert main(["tasks", "--json", str(out)]) != 0  # nothing to evaluate
+    assert "--json needs a checkpoint" in capsys.readouterr().out
+
+
 def test_quickstart_retrain_trains_both_twins_then_reports(small_corpus, tmp_path, monkeypatch):
     """`quickstart --retrain` runs the `train` command for both twins with the quickstart preset (shrunk
     here to a few steps on a small corpus) and then the same pipeline on the new models."""
