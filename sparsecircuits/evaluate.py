@@ -56,24 +56,42 @@ class MaskedTask:
         return logit_diff(last, d)
 
     @torch.no_grad()
-    def diff_stacked(self, masks: dict[str, Tensor]) -> Tensor:
+    def diff_stacked(self, masks: dict[str, Tensor], start: tuple[int, Tensor] | None = None) -> Tensor:
         """Logit differences of every example under each of c mask sets, in one batched forward.
 
         `masks[hook]` has a leading dim c (one mask set per row); returns [c, n_examples]. Used to
-        ablate many single nodes at once: c copies of the examples, each with its own masks."""
+        ablate many single nodes at once: c copies of the examples, each with its own masks. With
+        `start=(layer, resid)` (`resid` from `block_inputs`), the pass starts at that block: every
+        mask set must then agree on the sites before it (only later masks are applied)."""
         c = next(iter(masks.values())).shape[0]
         d, n = self.data, len(self.data)
         tiled = {h: m.repeat_interleave(n, 0).unsqueeze(1) for h, m in masks.items()}  # [c*n, 1, *shape]
         base = self.base
         if self.per_example and base is not None:
             base = {h: v.repeat(c, *([1] * (v.dim() - 1))) for h, v in base.items()}
-        last = self._last_logits(d.tokens.repeat(c, 1), d.lengths.repeat(c), tiled, base, per_row_masks=True)
+        if start is not None:
+            start = (start[0], start[1].repeat(c, 1, 1))
+        last = self._last_logits(d.tokens.repeat(c, 1), d.lengths.repeat(c), tiled, base, per_row_masks=True,
+                                 start=start)
         rows = torch.arange(c * n)
         diff = last[rows, d.correct.repeat(c)] - last[rows, d.incorrect.repeat(c)]
         return diff.view(c, n)
 
+    @torch.no_grad()
+    def block_inputs(self, masks: dict[str, Tensor], layers: list[int]) -> dict[int, Tensor]:
+        """The residual entering each block in `layers` (its `hook_resid_pre`) under masks, for every
+        example: `{layer: [n_examples, pos, d_model]}` (prompts right-padded; positions past a
+        prompt's end are never read by its last-position logits). One forward, stopped after the
+        last of them. `diff_stacked(..., start=(layer, resid))` resumes from one."""
+        from sparsecircuits.dictionaries.activations import cache_until
+
+        hooks = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
+        cache = cache_until(self.model, self.data.tokens, hooks, masked_hooks(masks, self.base))
+        return {layer: cache[h] for layer, h in zip(layers, hooks)}
+
     def _last_logits(self, tokens: Tensor, lengths: Tensor, masks: dict[str, Tensor],
-                     base: dict[str, Tensor] | None, per_row_masks: bool) -> Tensor:
+                     base: dict[str, Tensor] | None, per_row_masks: bool,
+                     start: tuple[int, Tensor] | None = None) -> Tensor:
         """Logits at each row's last prompt position under masks, [rows, d_vocab].
 
         Rows are sorted by prompt length and run in chunks, each cut to its longest prompt: with right
@@ -88,10 +106,12 @@ class MaskedTask:
             width = int(lengths[chunk].max())
             m = {h: v[chunk] for h, v in masks.items()} if per_row_masks else masks
             b = None if base is None else {h: v[chunk, :width] if self.per_example else v for h, v in base.items()}
+            resume = None if start is None else (start[0], start[1][chunk, :width])
             with self.model.hooks(masked_hooks(m, b)):
                 # trim: the last block computes the last position only (its hooks see one position,
                 # which a per-example baseline, indexed by position, cannot follow)
-                parts.append(self.model(tokens[chunk, :width], at=lengths[chunk] - 1, trim=not self.per_example)[:, 0])
+                parts.append(self.model(tokens[chunk, :width], at=lengths[chunk] - 1, trim=not self.per_example,
+                                        start=resume)[:, 0])
         return torch.cat(parts)[torch.argsort(order)]
 
     @torch.no_grad()

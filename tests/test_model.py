@@ -73,6 +73,33 @@ def test_trimmed_last_block_gives_the_same_logits_and_gradients(overrides):
     assert shapes[f"blocks.{last}.attn.hook_k"][1] == t.shape[1] and shapes[f"blocks.{last}.hook_mlp_out"][1] == 1
 
 
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_forward_resumed_at_a_block_from_its_cached_input_is_the_full_forward(overrides):
+    """`start=(layer, resid)`: the blocks from `layer` on, fed the cached `hook_resid_pre`, give the
+    full forward's logits (with `at` and `trim` too); hooks before the start do not fire."""
+    model = tiny_model(**overrides)
+    t = tokens()
+    at = torch.arange(len(t)) % t.shape[1]
+    _, cache = model.run_with_cache(t, names_filter=lambda n: n.endswith("hook_resid_pre"))
+    for layer in range(model.cfg.n_layers):
+        resid = cache[f"blocks.{layer}.hook_resid_pre"]
+        torch.testing.assert_close(model(t, start=(layer, resid)), model(t), atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model(t, at=at, trim=True, start=(layer, resid)), model(t, at=at), atol=1e-5, rtol=1e-5)
+    fired = []
+    with model.hooks([(lambda n: True, lambda x, h: fired.append(h.name))]):
+        model(t, start=(1, cache["blocks.1.hook_resid_pre"]))
+    assert fired[0] == "blocks.1.hook_resid_pre" and not any(n.startswith(("hook_embed", "blocks.0.")) for n in fired)
+
+
+def test_forward_start_is_checked():
+    model = tiny_model()
+    t = tokens()
+    with pytest.raises(ValueError, match="start layer"):
+        model(t, start=(2, torch.zeros(*t.shape, model.cfg.d_model)))
+    with pytest.raises(ValueError, match="start residual"):
+        model(t, start=(1, torch.zeros(*t.shape, model.cfg.d_model + 1)))
+
+
 def test_sink_at_minus_infinity_is_plain_attention():
     with_sink = tiny_model(attn_sink=True)
     plain = Transformer(ModelConfig(**{**with_sink.cfg.to_dict(), "attn_sink": False}))

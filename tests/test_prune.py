@@ -152,6 +152,42 @@ def test_target_above_the_full_models_loss_is_relaxed_to_full_plus_slack(setup):
     assert md["n_nodes"] < 40  # still a small circuit, not the whole model
 
 
+def _ragged_task(baseline: str, n: int = 40, width: int = 12) -> tuple[Transformer, MaskedTask, torch.Generator]:
+    """A random 2-layer model with AbsTopK and a task whose prompts have 3 to `width` tokens."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32, d_vocab=20, n_ctx=16,
+                                    act_sparsity=0.5))
+    g = torch.Generator().manual_seed(2)
+    lengths = torch.randint(3, width + 1, (n,), generator=g)
+    pad = torch.arange(width) >= lengths.unsqueeze(1)
+    tokens = torch.randint(0, 20, (n, width), generator=g).masked_fill(pad, 0)
+    cf = torch.randint(0, 20, (n, width), generator=g).masked_fill(pad, 0)
+    correct, incorrect = torch.randint(0, 20, (n,), generator=g), torch.randint(0, 20, (n,), generator=g)
+    data = TaskData("ragged", [Example("p", "c", "i")] * n, tokens, lengths, correct, incorrect, cf, ("c", "i"), 0)
+    means = mean_activations(model, [torch.randint(0, 20, (8, 16), generator=g)])
+    return model, MaskedTask(model, data, baseline, means, prune_sites(model)), g
+
+
+@pytest.mark.parametrize("baseline", ["mean", "zero", "counterfactual"])
+def test_node_effects_resumed_per_layer_equal_full_single_ablations(baseline):
+    """node_effects starts each pass at the ablated node's block from the circuit's cached block
+    input; on ragged prompts in a 2-layer model that must equal full-forward single ablations."""
+    from sparsecircuits.discover.prune import _masks_from_flat, node_effects
+
+    model, task, g = _ragged_task(baseline)
+    flat_on = (torch.rand(sum(s.size for s in task.sites), generator=g) < 0.3).float()
+    got = node_effects(task, flat_on, max_rows=200)  # several passes per layer
+    kept = torch.nonzero(flat_on).flatten().tolist()
+    assert len(got) == len(kept) and {n.split(".")[1] for n in got} >= {"0", "1"}
+    with torch.no_grad():
+        base = float(task.diff(_masks_from_flat(flat_on, task.sites)).mean())
+        for (node_id, value), i in zip(got.items(), kept):
+            off = flat_on.clone()
+            off[i] = 0.0
+            want = base - float(task.diff(_masks_from_flat(off, task.sites)).mean())
+            assert value == pytest.approx(want, abs=1e-5), node_id
+
+
 @pytest.mark.parametrize("baseline", ["mean", "counterfactual"])
 def test_length_sorted_chunks_equal_one_padded_forward(baseline):
     """MaskedTask runs prompts sorted by length in chunks cut to their longest prompt; with right
@@ -161,20 +197,8 @@ def test_length_sorted_chunks_equal_one_padded_forward(baseline):
     from sparsecircuits.discover.prune import _masks_from_flat, _masks_from_rows
     from sparsecircuits.tasks.base import logit_diff
 
-    torch.manual_seed(0)
-    model = Transformer(ModelConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32, d_vocab=20, n_ctx=16,
-                                    act_sparsity=0.5))
-    n, width = 40, 12
-    g = torch.Generator().manual_seed(2)
-    lengths = torch.randint(3, width + 1, (n,), generator=g)
-    pad = torch.arange(width) >= lengths.unsqueeze(1)
-    tokens = torch.randint(0, 20, (n, width), generator=g).masked_fill(pad, 0)
-    cf = torch.randint(0, 20, (n, width), generator=g).masked_fill(pad, 0)
-    correct, incorrect = torch.randint(0, 20, (n,), generator=g), torch.randint(0, 20, (n,), generator=g)
-    data = TaskData("ragged", [Example("p", "c", "i")] * n, tokens, lengths, correct, incorrect, cf, ("c", "i"), 0)
-    means = mean_activations(model, [torch.randint(0, 20, (8, 16), generator=g)])
-    sites = prune_sites(model)
-    task = MaskedTask(model, data, baseline, means, sites)
+    model, task, g = _ragged_task(baseline)
+    data, sites, tokens, lengths = task.data, task.sites, task.data.tokens, task.data.lengths
     n_nodes = sum(s.size for s in sites)
     gate = (torch.rand(n_nodes, generator=g) < 0.7).float().requires_grad_(True)
     masks = _masks_from_flat(gate, sites)

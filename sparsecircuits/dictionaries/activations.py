@@ -29,7 +29,7 @@ from torch import Tensor
 from sparsecircuits.atomic import atomic_write_text
 from sparsecircuits.checkpoint import Checkpoint
 from sparsecircuits.data.batches import sample_batch
-from sparsecircuits.hooks import HookPoint
+from sparsecircuits.hooks import HookFn, HookPoint
 from sparsecircuits.model.transformer import Transformer
 
 STORE_FORMAT = "sparsecircuits-activations-v1"
@@ -60,9 +60,11 @@ class _StopForward(Exception):
     """Raised by the hook after the last one needed, to skip the rest of the forward pass."""
 
 
-def cache_until(model: Transformer, tokens: Tensor, hooks: Sequence[str]) -> dict[str, Tensor]:
+def cache_until(model: Transformer, tokens: Tensor, hooks: Sequence[str],
+                fwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> dict[str, Tensor]:
     """Activations at `hooks`, running the model only up to the last of them (later layers, the
-    unembedding and the bigram table are skipped: 2-4x less work for early hooks)."""
+    unembedding and the bigram table are skipped: 2-4x less work for early hooks). `fwd_hooks`
+    (e.g. masks) run during the pass, before the activations are saved."""
     order = model.execution_order()
     for h in hooks:  # unknown names: a clear error, not a failed lookup below
         model.resolve_hook_names(h)
@@ -77,7 +79,7 @@ def cache_until(model: Transformer, tokens: Tensor, hooks: Sequence[str]) -> dic
 
     # Hooks on one point run in the order given, so `last` is saved before the stop fires.
     try:
-        with model.hooks([(h, save) for h in hooks] + [(last, stop)]):
+        with model.hooks(list(fwd_hooks) + [(h, save) for h in hooks] + [(last, stop)]):
             model(tokens)
     except _StopForward:
         pass

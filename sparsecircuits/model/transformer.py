@@ -367,23 +367,36 @@ class Transformer(HookedModule):
         return list(seen)
 
     def forward(self, tokens: Int[Tensor, "batch pos"], at: Int[Tensor, " batch"] | None = None,
-                trim: bool = False) -> Float[Tensor, "batch pos d_vocab"]:
+                trim: bool = False, start: tuple[int, Float[Tensor, "batch pos d_model"]] | None = None,
+                ) -> Float[Tensor, "batch pos d_vocab"]:
         """Logits at every position, or with `at` only at one position per row ([batch, 1, d_vocab]:
         e.g. each prompt's last token, which is all a task metric reads; the final norm and its hooks
         then see only those positions). Earlier positions are computed either way (attention reads
         them), except with `trim=True`: the last block then computes only what position `at` needs
         (queries, attention output, MLP at that position; keys and values everywhere), about a fifth
-        less work in a 4-layer model, and its hooks from `attn.hook_z` on see `[batch, 1, ...]`."""
+        less work in a 4-layer model, and its hooks from `attn.hook_z` on see `[batch, 1, ...]`.
+        `start=(layer, resid)` resumes a forward pass at block `layer`, whose `hook_resid_pre` gets
+        `resid` (e.g. cached from an earlier pass): the embedding and earlier blocks are skipped and
+        their hooks do not fire; `tokens` are still needed (bigram table, shapes)."""
         self._check_tokens(tokens)
-        # F.embedding, not W[tokens]: its CPU backward is deterministic (index_put_ accumulate is not),
-        # which exact resume relies on, and faster.
-        embed = F.embedding(tokens, self.W_E)
-        resid = self.hook_embed(embed * self.cfg.embed_scale if self.cfg.embed_scale != 1.0 else embed)
-        if self.cfg.positions == "learned":
-            resid = resid + self.hook_pos_embed(self.W_pos[: tokens.shape[1]])
+        first = 0
+        if start is None:
+            # F.embedding, not W[tokens]: its CPU backward is deterministic (index_put_ accumulate is
+            # not), which exact resume relies on, and faster.
+            embed = F.embedding(tokens, self.W_E)
+            resid = self.hook_embed(embed * self.cfg.embed_scale if self.cfg.embed_scale != 1.0 else embed)
+            if self.cfg.positions == "learned":
+                resid = resid + self.hook_pos_embed(self.W_pos[: tokens.shape[1]])
+        else:
+            first, resid = start
+            if not 0 <= first < len(self.blocks):
+                raise ValueError(f"start layer must be in [0, {len(self.blocks)}), got {first}")
+            if tuple(resid.shape) != (*tokens.shape, self.cfg.d_model):
+                raise ValueError(f"start residual must be [batch, pos, d_model] = {(*tokens.shape, self.cfg.d_model)}, "
+                                 f"got {tuple(resid.shape)}")
         trimmed = trim and at is not None and len(self.blocks) > 0
-        for i, block in enumerate(self.blocks):
-            resid = block(resid, at if trimmed and i == len(self.blocks) - 1 else None)
+        for i in range(first, len(self.blocks)):
+            resid = self.blocks[i](resid, at if trimmed and i == len(self.blocks) - 1 else None)
         if at is not None:
             rows = torch.arange(len(tokens), device=tokens.device)
             tokens = tokens[rows, at].unsqueeze(1)
