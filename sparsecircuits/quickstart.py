@@ -25,7 +25,7 @@ import multiprocessing
 import os
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -175,8 +175,8 @@ class _Pruner:
     when `results()` is iterated). Small models use cores better as separate single-threaded prunes
     than as one multi-threaded one. A job starts as soon as it is submitted, so pruning overlaps the
     rest of the quickstart; while the pool runs, this process uses one thread (its own work, task
-    evaluation and pages, is light). Results come back in submission order (pruning is seeded: the
-    same circuits whatever the schedule)."""
+    evaluation and pages, is light). Results come back as the jobs finish, so a quick circuit's page
+    is not held up behind a slow one (pruning is seeded: the same circuits whatever the schedule)."""
 
     def __init__(self, models: dict[Path, Transformer], means: dict[Path, dict[str, Tensor]], cfg: PruneConfig,
                  workers: int) -> None:
@@ -207,13 +207,14 @@ class _Pruner:
                                              self.means[job.path], threads))
 
     def results(self) -> Iterator[tuple[_PruneJob, PruneResult, float]]:
-        for i, job in enumerate(self.jobs):
-            if self.workers == 1:
-                result, seconds = _prune_in_worker(self.models[job.path], job.data, self.cfg, self.means[job.path],
-                                                   self.threads)
-            else:
-                result, seconds = self.futures[i].result()
-            yield job, result, seconds
+        if self.workers == 1:
+            for job in self.jobs:
+                yield job, *_prune_in_worker(self.models[job.path], job.data, self.cfg, self.means[job.path],
+                                             self.threads)
+            return
+        job_of = dict(zip(self.futures, self.jobs))
+        for future in as_completed(self.futures):
+            yield job_of[future], *future.result()
 
 
 def _finish(rows: list[TaskRow], s: Checkpoint, d: Checkpoint, cfg: PruneConfig, out_dir: Path,
