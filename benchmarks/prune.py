@@ -8,6 +8,8 @@ Measures, on the models shipped for `sparsecircuits quickstart` (or `--sparse/--
   * the README's `sparsecircuits quickstart` itself (a fresh process, circuit pages included) twice:
     with an empty cache (a fresh machine: tokenizing the corpus, mean baselines) and a warm one.
 Targets (issue 3): pruning one task < 60 s; quickstart on a fresh machine < 3 min on 2 CPU cores.
+Every row is also given in units of `_yardstick.yardstick_seconds()`, a fixed plain-torch workload
+timed at the start and the end of the same run, so runs on CPUs of different speed compare.
 Prints a table and writes JSON (default `benchmarks/results/prune.json`).
 
     python benchmarks/prune.py [--task single_double_quote] [--threads 0] [--skip-quickstart]
@@ -26,6 +28,7 @@ import time
 from pathlib import Path
 
 import torch
+from _yardstick import yardstick_seconds
 from rich.console import Console
 from rich.table import Table
 
@@ -72,6 +75,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     console = Console()
     rows = []
+    yard = [yardstick_seconds(repeats=7)]
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
         if not args.skip_quickstart:
@@ -81,15 +85,21 @@ def main() -> None:
             for kind, path in (("sparse", args.sparse), ("dense", args.dense)):
                 r = time_prune(path, args.task, cache, cfg)
                 rows.append({"what": f"prune {args.task} ({kind}, {budget})", **r})
-    table = Table(title=f"main-job cost on CPU ({torch.get_num_threads()} threads)")
-    for col in ("what", "seconds", "nodes", "edges"):
+    yard.append(yardstick_seconds(repeats=7))
+    unit = sum(yard) / 2
+    for r in rows:
+        r["yardsticks"] = r["seconds"] / unit
+    table = Table(title=f"main-job cost on CPU ({torch.get_num_threads()} threads); "
+                        f"yardstick {unit:.3f} s (start {yard[0]:.3f}, end {yard[1]:.3f})")
+    for col in ("what", "seconds", "yardsticks", "nodes", "edges"):
         table.add_column(col, justify="left" if col == "what" else "right")
     for r in rows:
-        table.add_row(r["what"], f"{r['seconds']:.1f}", str(r.get("nodes", "")), str(r.get("edges", "")))
+        table.add_row(r["what"], f"{r['seconds']:.1f}", f"{r['yardsticks']:.0f}", str(r.get("nodes", "")), str(r.get("edges", "")))
     console.print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"date": datetime.datetime.now().isoformat(timespec="seconds"), "torch": torch.__version__,
-            "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine()}
+            "threads": torch.get_num_threads(), "machine": platform.processor() or platform.machine(),
+            "yardstick_seconds": {"start": yard[0], "end": yard[1]}}
     args.out.write_text(json.dumps({"meta": meta, "rows": rows}, indent=1))
     console.print(f"wrote {args.out}")
 
