@@ -37,6 +37,15 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+# Non-negative IEEE floats order exactly as their bit patterns read as signed integers of the same
+# width (the sign bit is 0), so `topk` of |x| can run on integers. On the CPU that is ~25% faster
+# (torch 2.13: 0.63 vs 0.86 ms for 480 x 128, 2.6 vs 3.5 ms for 480 x 512, one thread), and `topk`
+# is the largest single cost of a pruning gate step (docs/results.md). NaN (0x7fc...) still ranks
+# above +inf, as in float `topk`; only the choice among exactly tied magnitudes may differ, which
+# `topk` leaves unspecified anyway.
+_SAME_ORDER_INT = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16,
+                   torch.bfloat16: torch.int16}
+
 
 def abs_topk(x: Float[Tensor, "... d"], frac: float) -> Float[Tensor, "... d"]:
     """Keep the round(frac * d) largest-|x| entries of the last dimension (at least 1); zero the rest."""
@@ -44,7 +53,10 @@ def abs_topk(x: Float[Tensor, "... d"], frac: float) -> Float[Tensor, "... d"]:
     k = topk_count(d, frac)
     if k >= d:
         return x
-    idx = x.abs().topk(k, dim=-1, sorted=False).indices
+    mag = x.detach().abs()
+    if mag.device.type == "cpu" and mag.dtype in _SAME_ORDER_INT:
+        mag = mag.view(_SAME_ORDER_INT[mag.dtype])
+    idx = mag.topk(k, dim=-1, sorted=False).indices
     mask = torch.zeros_like(x).scatter_(-1, idx, 1.0)
     return x * mask
 

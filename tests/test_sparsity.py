@@ -58,6 +58,30 @@ def test_abs_topk_count(d, frac, k):
     assert (abs_topk(x, frac) != 0).sum(-1).tolist() == [k] * 6
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+def test_abs_topk_integer_selection_equals_float_topk(dtype):
+    """AbsTopK selects on the magnitudes' bit patterns read as integers (faster on the CPU): it must keep
+    what a float `topk` keeps, with exact zeros (masked inputs), -0.0, +-inf and NaN present. Low-precision
+    magnitudes tie, and ties may be broken differently, so rows compare as sorted kept magnitudes."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 128, generator=g, dtype=torch.float64)
+    x[:16] *= torch.rand(16, 128, generator=g, dtype=torch.float64) < 0.1  # rows with fewer nonzeros than k
+    x[16, :5] = -0.0
+    x[17, 0], x[17, 1], x[18, 2] = float("inf"), float("-inf"), float("nan")
+    x = x.to(dtype)
+    y = abs_topk(x, 0.25)
+    ref_idx = x.abs().double().topk(32, dim=-1, sorted=False).indices  # float topk on exact float64 copies
+    ref = x * torch.zeros_like(x).scatter_(-1, ref_idx, 1.0)
+
+    def kept(t):
+        return t.abs().double().nan_to_num(nan=float("inf")).sort(-1).values
+
+    assert torch.equal(kept(y), kept(ref))
+    assert ((y != 0) | y.isnan()).sum(-1).le(32).all()
+    if dtype in (torch.float32, torch.float64):
+        assert torch.equal(y[19:].nan_to_num(), ref[19:].nan_to_num())  # random rows: no ties, same entries
+
+
 def test_abs_topk_gradient_only_through_kept_entries():
     x = torch.randn(4, 32, requires_grad=True)
     upstream = torch.randn(4, 32)
