@@ -145,35 +145,44 @@ class Bisection:
     k: int  # nodes in the circuit
     reached: bool  # whether loss <= target was reached (False: k = all nodes)
     trace: list[dict[str, float]]  # every (k, loss, accuracy) evaluated, in order
+    evaluation: Evaluation  # the circuit of the top-k nodes on the task
 
 
-def bisect_k(task: MaskedTask, order: Tensor, target: float, calibrate: bool) -> Bisection:
-    """Step 3: smallest k whose top-k circuit has task loss <= target (bisection, assumes monotone)."""
+def bisect_k(task: MaskedTask, order: Tensor, target: float, calibrate: bool,
+             known: dict[int, Evaluation] | None = None) -> Bisection:
+    """Step 3: smallest k whose top-k circuit has task loss <= target (bisection, assumes monotone).
+    `known` holds evaluations already made on `task` with the same `calibrate` (e.g. k = all nodes
+    and k = 0, the full model and the empty circuit): they are reused, not run again."""
     n = len(order)
     trace: list[dict[str, float]] = []
-    cache: dict[int, float] = {}
+    cache: dict[int, Evaluation] = dict(known or {})
 
     def loss_at(k: int) -> float:
         if k not in cache:
             flat = torch.zeros(n)
             flat[order[:k]] = 1.0
-            ev = task.evaluate(_masks_from_flat(flat, task.sites), calibrate)
-            cache[k] = ev.loss
+            cache[k] = task.evaluate(_masks_from_flat(flat, task.sites), calibrate)
+        ev = cache[k]
+        if all(t["k"] != k for t in trace):
             trace.append({"k": k, "loss": ev.loss, "accuracy": ev.accuracy, "logit_diff": ev.logit_diff})
-        return cache[k]
+        return ev.loss
+
+    def done(k: int, reached: bool) -> Bisection:
+        loss_at(k)
+        return Bisection(k, reached, trace, cache[k])
 
     if loss_at(n) > target:
-        return Bisection(n, False, trace)
+        return done(n, False)
     lo, hi = 0, n  # invariant: loss(hi) <= target; loss(lo) > target unless lo == 0 and it passes
     if loss_at(0) <= target:
-        return Bisection(0, True, trace)
+        return done(0, True)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         if loss_at(mid) <= target:
             hi = mid
         else:
             lo = mid
-    return Bisection(hi, True, trace)
+    return done(hi, True)
 
 
 def kept_nodes(flat_on: Tensor, sites: list[NodeSite]) -> list[Node]:
@@ -260,7 +269,7 @@ def prune_task(
         zeros = {s.hook: torch.zeros(s.shape) for s in sites}
         full, empty = held.evaluate(ones, cfg.calibrate), held.evaluate(zeros, cfg.calibrate)
         target = cfg.target_loss if full.loss <= cfg.target_loss else full.loss + cfg.target_slack
-        bis = bisect_k(held, order, target, cfg.calibrate)
+        bis = bisect_k(held, order, target, cfg.calibrate, known={len(order): full, 0: empty})
         flat_on = torch.zeros(len(order))
         flat_on[order[: bis.k]] = 1.0
         nodes = kept_nodes(flat_on, sites)
@@ -268,7 +277,7 @@ def prune_task(
         if bis.k <= cfg.max_effect_nodes:
             few = MaskedTask(model, data.subset(eval_idx[: cfg.effect_examples]), cfg.baseline, means, sites)
             scores = node_effects(few, flat_on)
-        circ = held.evaluate(_masks_from_flat(flat_on, sites), cfg.calibrate)
+        circ = bis.evaluation
     finally:
         for p, r in zip(model.parameters(), requires):
             p.requires_grad_(r)
