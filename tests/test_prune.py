@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from sparsecircuits.ablation import circuit_masks, mean_activations, prune_sites
-from sparsecircuits.discover.prune import MaskedTask, PruneConfig, prune_task
+from sparsecircuits.discover.prune import MaskedTask, PruneConfig, _masks_from_flat, bisect_k, prune_task
 from sparsecircuits.graph import Circuit
 from sparsecircuits.model import ModelConfig, Transformer
 from sparsecircuits.tasks.base import Example, TaskData
@@ -213,3 +213,25 @@ def test_length_sorted_chunks_equal_one_padded_forward(baseline):
     stacked = task.diff_stacked({s.hook: m for s, m in zip(sites, _masks_from_rows(rows, sites))})
     for r in range(3):
         torch.testing.assert_close(stacked[r], task.diff(_masks_from_flat(rows[r], sites)).detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_bisection_reuses_known_evaluations_and_returns_the_circuits_own(setup):
+    model, data, means = setup
+    sites = prune_sites(model)
+    held = MaskedTask(model, data, "mean", means, sites)
+    n = sum(s.size for s in sites)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    calls = []
+    evaluate = held.evaluate
+    held.evaluate = lambda masks, calibrate=False: calls.append(1) or evaluate(masks, calibrate)
+    full = evaluate({s.hook: torch.ones(s.shape) for s in sites})
+    empty = evaluate({s.hook: torch.zeros(s.shape) for s in sites})
+    fresh = bisect_k(held, order, 0.15, False)
+    n_fresh = len(calls)
+    reused = bisect_k(held, order, 0.15, False, known={n: full, 0: empty})
+    assert (reused.k, reused.reached, reused.trace) == (fresh.k, fresh.reached, fresh.trace)
+    assert [t["k"] for t in fresh.trace][:2] == [n, 0]  # the known ones are still listed in the trace
+    assert len(calls) - n_fresh == n_fresh - 2
+    flat = torch.zeros(n)
+    flat[order[: reused.k]] = 1.0
+    assert reused.evaluation.loss == evaluate(_masks_from_flat(flat, sites)).loss
