@@ -28,9 +28,19 @@ def _explicit(model):
     return model.hooks([(lambda n: n.endswith("hook_pattern"), lambda x, h: None)])
 
 
+def _strong_sinks(model):
+    """Sink logits around 1 (conftest's ~0.1 barely move a row of 16 keys), so a wrong sink term shows."""
+    g = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for block in model.blocks:
+            if block.attn.sink is not None:
+                block.attn.sink.copy_(1.0 + torch.randn(block.attn.sink.shape, generator=g))
+    return model
+
+
 @pytest.mark.parametrize("overrides", VARIANTS)
 def test_fused_and_explicit_attention_agree(overrides):
-    model = tiny_model(**overrides)
+    model = _strong_sinks(tiny_model(**overrides))
     t = tokens()
     fused = model(t)
     fused.sum().backward()
@@ -42,6 +52,20 @@ def test_fused_and_explicit_attention_agree(overrides):
     torch.testing.assert_close(fused, explicit, atol=1e-5, rtol=1e-5)
     for n, p in model.named_parameters():  # including the sink logits
         torch.testing.assert_close(g_fused[n], p.grad, atol=1e-4, rtol=1e-4, msg=n)
+
+
+@pytest.mark.parametrize("overrides", VARIANTS)
+def test_fused_attention_with_a_frozen_sink_agrees(overrides):
+    """With the sink logit frozen (pruning) or no grad (evaluation), the fused path carries the sink
+    in a float mask, not in an extra key channel as in training: the same logits either way."""
+    model = _strong_sinks(tiny_model(**overrides))
+    t = tokens()
+    with _explicit(model), torch.no_grad():
+        explicit = model(t)
+    with torch.no_grad():
+        torch.testing.assert_close(model(t), explicit, atol=1e-5, rtol=1e-5)
+    model.requires_grad_(False)
+    torch.testing.assert_close(model(t), explicit, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("overrides", VARIANTS)

@@ -47,7 +47,8 @@ MLP reads, before `ln2` (an identity; hooking it changes the MLP's input only).
 
 When neither `hook_attn_scores` nor `hook_pattern` of a layer is hooked and there is no attention
 soft-cap, attention runs through `F.scaled_dot_product_attention` (the sink as an extra zero key
-with its logit in the mask, the sliding window in the mask); otherwise it is computed explicitly so
+with its logit in the mask, or, when the logit needs a gradient, in an extra key channel; the
+sliding window in the mask); otherwise it is computed explicitly so
 the pattern can be read and edited (SDPA cannot soft-cap). Both agree (tested).
 """
 
@@ -242,6 +243,8 @@ class Attention(nn.Module):
         else:
             allowed = self._allowed(T, q.device, qpos)
             Bm = 1 if qpos is None else B  # the mask is per row only for explicit query positions
+            if self.sink is not None and self.sink.requires_grad and torch.is_grad_enabled():
+                return self._fused_sink_channel(q, k, v, allowed.view(Bm, 1, Tq, T)).transpose(1, 2)
             mask = q.new_zeros(allowed.shape).masked_fill(~allowed, float("-inf")).view(Bm, 1, Tq, T).expand(Bm, H, Tq, T)
             if self.sink is not None:
                 # The sink is one more key, of value zero, whose logit comes from the additive mask.
@@ -250,6 +253,27 @@ class Attention(nn.Module):
                 mask = torch.cat((mask, self.sink.to(q.dtype).view(1, H, 1, 1).expand(Bm, H, Tq, 1)), dim=-1)
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
         return z.transpose(1, 2)
+
+    def _fused_sink_channel(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor:
+        """SDPA with a sink whose logit needs a gradient (training). A float mask that requires grad
+        sends the CPU kernel to its slow math path (~1.4x the cost of this one, fwd + bwd, at the
+        quickstart size), so the sink's logit is carried by the keys instead: every head gets one more
+        channel, 1 in each query and 0 in each real key, and the sink key is 0 except for
+        sink / scale in that channel, so its scaled score is the sink logit. The mask is boolean
+        (`allowed` [batch or 1, 1, query, key], plus the sink column); q, k, v: [batch, head, pos, d_head]."""
+        B, H, Tq, dh = q.shape
+        KV, T = k.shape[1], k.shape[2]
+        q = torch.cat((q, q.new_ones(B, H, Tq, 1)), dim=-1)
+        k = torch.cat((k, k.new_zeros(B, KV, T, 1)), dim=-1)
+        v = torch.cat((v, v.new_zeros(B, KV, T, 1)), dim=-1)
+        sink = (self.sink.to(q.dtype) / self.scale).view(1, H, 1, 1)
+        if KV != H:  # one sink key per head: grouped keys and values are expanded to all heads
+            k, v = k.repeat_interleave(H // KV, dim=1), v.repeat_interleave(H // KV, dim=1)
+        sink_key = torch.cat((k.new_zeros(1, H, 1, dh), sink), dim=-1).expand(B, H, 1, dh + 1)
+        k, v = torch.cat((k, sink_key), dim=2), torch.cat((v, v.new_zeros(B, H, 1, dh + 1)), dim=2)
+        mask = torch.cat((allowed, allowed.new_ones(*allowed.shape[:-1], 1)), dim=-1)
+        z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale)
+        return z[..., :dh]
 
 
 class MLP(nn.Module):
