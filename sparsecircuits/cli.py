@@ -129,6 +129,11 @@ def build_parser() -> argparse.ArgumentParser:
     t = sub.add_parser("tasks", help="list the tasks; with a checkpoint, evaluate it on each")
     t.add_argument("checkpoint", type=Path, nargs="?", default=None, help="checkpoint to evaluate")
     t.add_argument("--n-examples", type=int, default=256, help="examples per task")
+    t.add_argument("--seed", type=int, default=0, help="seed the task examples are drawn with")
+    t.add_argument("--exclude-seed", type=int, default=None,
+                   help="leave out every example whose prompt or counterfactual occurs among the candidates of the "
+                        "--exclude-n examples drawn at this seed (a validation set disjoint from the default evaluation)")
+    t.add_argument("--exclude-n", type=int, default=256, help="size of the excluded set (with --exclude-seed)")
     t.add_argument("--json", type=Path, default=None,
                    help="with a checkpoint or --model: also write each task's accuracy, loss and answer tokens to this JSON file")
     t.add_argument("--model", default=None,

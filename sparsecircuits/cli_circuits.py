@@ -123,7 +123,7 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 def cmd_tasks(args: argparse.Namespace, console: Console) -> int:
     import sparsecircuits.tasks  # noqa: F401
-    from sparsecircuits.tasks.base import TASKS, TaskError, load_task
+    from sparsecircuits.tasks.base import TASKS, TaskError, load_task, prompt_texts
 
     table = Table(title="tasks")
     table.add_column("task")
@@ -154,7 +154,8 @@ def cmd_tasks(args: argparse.Namespace, console: Console) -> int:
         cells = [name, spec.summary]
         if model is not None and tok is not None:
             try:
-                data = load_task(name, tok, model.cfg.n_ctx, args.n_examples)
+                exclude = set() if args.exclude_seed is None else prompt_texts(name, args.exclude_n, args.exclude_seed)
+                data = load_task(name, tok, model.cfg.n_ctx, args.n_examples, args.seed, exclude)
                 ev = evaluate_task(model, data)
                 cells += [f"{data.answer_strings[0]!r} / {data.answer_strings[1]!r}", f"{ev.accuracy:.2f}", f"{ev.loss:.3f}"]
                 results[name] = {"accuracy": ev.accuracy, "loss": ev.loss, "logit_diff": ev.logit_diff,
@@ -170,6 +171,9 @@ def cmd_tasks(args: argparse.Namespace, console: Console) -> int:
         from sparsecircuits.atomic import atomic_write_text
 
         source = str(args.checkpoint) if args.checkpoint is not None else args.model
-        atomic_write_text(out_json, json.dumps({"model": source, "n_examples": args.n_examples, "tasks": results}, indent=1))
+        record = {"model": source, "n_examples": args.n_examples, "seed": args.seed,
+                  "excluded": None if args.exclude_seed is None else {"seed": args.exclude_seed, "n": args.exclude_n},
+                  "tasks": results}
+        atomic_write_text(out_json, json.dumps(record, indent=1))
         console.print(f"wrote {out_json}")
     return 0

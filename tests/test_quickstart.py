@@ -112,7 +112,7 @@ def test_cli_tasks_json_records_what_evaluate_task_measures(twins, tmp_path, cap
     from sparsecircuits.checkpoint import load_checkpoint
     from sparsecircuits.data.tokenizer import load_tokenizer
     from sparsecircuits.evaluate import evaluate_task
-    from sparsecircuits.tasks.base import load_task
+    from sparsecircuits.tasks.base import load_task, prompt_texts
 
     sparse, _, _ = twins
     out = tmp_path / "acc.json"
@@ -125,6 +125,14 @@ def test_cli_tasks_json_records_what_evaluate_task_measures(twins, tmp_path, cap
     got = record["tasks"]["bracket_type"]
     assert got["accuracy"] == ev.accuracy and abs(got["loss"] - ev.loss) < 1e-6
     assert got["answers"] == list(data.answer_strings)
+    # a validation sample: another seed, without the default evaluation's prompts
+    assert main(["tasks", str(sparse), "--n-examples", "16", "--seed", "3", "--exclude-seed", "0",
+                 "--exclude-n", "16", "--json", str(out)]) == 0
+    record = json.loads(out.read_text())
+    assert record["seed"] == 3 and record["excluded"] == {"seed": 0, "n": 16}
+    val = load_task("bracket_type", load_tokenizer(ck.tokenizer_path), ck.model.cfg.n_ctx, 16, seed=3,
+                    exclude=prompt_texts("bracket_type", 16, 0))
+    assert record["tasks"]["bracket_type"]["accuracy"] == evaluate_task(ck.model, val).accuracy
     assert main(["tasks", "--json", str(out)]) != 0  # nothing to evaluate
     assert "--json needs a checkpoint" in capsys.readouterr().out
 

@@ -28,6 +28,7 @@ from sparsecircuits.tasks import (
     task_loss,
     tokenize_task,
 )
+from sparsecircuits.tasks.base import prompt_texts
 
 GAO_TASKS = ("single_double_quote", "bracket_counting", "set_or_string", "set_or_string_fixedvarname")
 N, MAX_SKIPPED, MIN_VALID, MAX_PROMPT_TOKENS = 256, 0.10, 200, 60
@@ -320,3 +321,26 @@ def test_loss_and_metric_on_a_task(stdlib_tokenizers):
     last[torch.arange(len(data)), data.correct] = 3.0
     assert torch.equal(logit_diff(last, data), torch.full((len(data),), 3.0))
     assert task_loss(logit_diff(last, data)) < task_loss(-logit_diff(last, data))
+
+
+def _texts(data):
+    return {e.prompt for e in data.examples} | {e.counterfactual for e in data.examples}
+
+
+@pytest.mark.parametrize("name", ["indent_after_block", "with_as_recall", "bracket_type"])
+def test_a_validation_set_can_be_disjoint_from_the_evaluation_set(name, stdlib_tokenizers):
+    """`exclude=prompt_texts(...)` keeps a second sample free of every prompt and counterfactual of
+    the default evaluation set (indent_after_block and with_as_recall draw the same prompt at
+    different seeds ~100 times in 768 candidates), so a checkpoint chosen on it is not chosen on the
+    evaluation examples."""
+    tok = stdlib_tokenizers[1024]
+    test = load_task(name, tok, n_ctx=128, n=N)
+    banned = prompt_texts(name, N)
+    assert _texts(test) <= banned
+    plain = load_task(name, tok, n_ctx=128, n=N, seed=1)
+    val = load_task(name, tok, n_ctx=128, n=N, seed=1, exclude=banned)
+    assert not _texts(val) & _texts(test) and len(val) == N
+    if name != "bracket_type":  # these two overlap at seed 1 unless excluded
+        assert _texts(plain) & _texts(test)
+    with pytest.raises(TaskError, match="every example"):
+        load_task(name, tok, n_ctx=128, n=8, exclude=prompt_texts(name, 8))

@@ -28,7 +28,7 @@ from __future__ import annotations
 import json
 import random
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -215,23 +215,47 @@ def tokenize_task(
                     common, len(examples) - len(rows))
 
 
-def load_task(name: str, tok: Tokenizer, n_ctx: int, n: int = 256, seed: int = 0) -> TaskData:
+def load_task(name: str, tok: Tokenizer, n_ctx: int, n: int = 256, seed: int = 0,
+              exclude: Collection[str] = ()) -> TaskData:
     """`n` examples of a built-in task that fit this tokenizer, deterministic in `seed`.
 
     Generators do not see the tokenizer (a name may be one token in one BPE and two in another), so
     up to 3n distinct candidates are drawn and the first n that pass validation are kept; fewer than
-    n/2 valid is an error.
+    n/2 valid is an error. `exclude`: prompt texts no kept example may use, as its prompt or as its
+    counterfactual (a validation set disjoint from an evaluation set: `prompt_texts` of that set).
     """
     spec = get_task(name)
-    try:
-        candidates = spec.examples(3 * n, seed)
-    except TaskError:  # a task with fewer distinct examples: use what n gives
-        candidates = spec.examples(n, seed)
+    candidates = _candidates(spec, n, seed)
+    if exclude:
+        banned = set(exclude)
+        candidates = [e for e in candidates if e.prompt not in banned and e.counterfactual not in banned]
+        if not candidates:
+            raise TaskError(f"task {name!r}: every example at seed {seed} is excluded (all {len(banned)} "
+                            "prompts of the excluded set)")
     data = tokenize_task(name, candidates, tok, n_ctx, strict=False, single_token=spec.single_token,
                          min_valid=max(1, n // 2), multi_token=spec.multi_token)
     if len(data) > n:
         data = data.subset(slice(0, n))
     return data
+
+
+def prompt_texts(name: str, n: int = 256, seed: int = 0) -> set[str]:
+    """Every prompt and counterfactual prompt among the candidates `load_task(name, ..., n, seed)`
+    draws its examples from (a superset of the examples it keeps, whatever the tokenizer): what a
+    set disjoint from that one must `exclude`."""
+    texts: set[str] = set()
+    for e in _candidates(get_task(name), n, seed):
+        texts.add(e.prompt)
+        if e.counterfactual is not None:
+            texts.add(e.counterfactual)
+    return texts
+
+
+def _candidates(spec: TaskSpec, n: int, seed: int) -> list[Example]:
+    try:
+        return spec.examples(3 * n, seed)
+    except TaskError:  # a task with fewer distinct examples: use what n gives
+        return spec.examples(n, seed)
 
 
 def read_jsonl_task(path: Path) -> list[Example]:
