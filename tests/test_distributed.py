@@ -6,8 +6,16 @@ multi-process job in it; the tests then compare the results with single-process 
 Tolerance: DDP averages gradients as (g_0 + g_1) / 2 of two half-batch means, where one process
 takes the mean of the whole batch, so fp32 rounding differs in the last bits; Adam (eps 0.1) and
 the RMS rescaling keep that at ~1e-7 after a few steps. We assert `ATOL` = 1e-5 (absolute, on
-weights of scale ~0.02-1) and that the top-k masks are *identical*; replicas of the ranks must be
-bitwise equal to each other.
+weights of scale ~0.02-1). Replicas of the ranks must be bitwise equal to each other.
+
+Top-k ties: entries can meet at the top-k threshold with magnitudes equal up to rounding. Observed:
+two unembedding entries, pruned for three steps, regrew in the same step to 0.004005161 in both
+runs (with eps 0.1 and gradients rescaled to RMS 1, Adam's step is close to the learning rate for
+large gradients, so regrown entries cluster), and each run's projection kept a different one. Such
+a flip swaps the two entries and, over a few steps, moves the rest by less than `ATOL`.
+`assert_same` allows it and only it: in each matrix the entries that differ by more than `ATOL`
+must be few (`MAX_SWAPPED`) and hold the same values in both runs, in another order (a wrong
+gradient average moves every entry instead).
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from sparsecircuits.run import RunSpec, train_run
 from sparsecircuits.train import TrainConfig
 
 ATOL = 1e-5
+MAX_SWAPPED = 8  # entries per matrix that a top-k tie flip may swap (module docstring)
 STEPS = 10
 MODEL = dict(d_model=32, n_layers=2, n_heads=4, d_head=8, d_mlp=64, n_ctx=32, d_vocab=512)
 
@@ -97,12 +106,19 @@ def weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], what: str) -> float:
-    """Same masks exactly, same values within ATOL; returns the max abs difference."""
+    """Same values within ATOL, up to swapped top-k ties (module docstring); returns the max abs
+    difference over the entries that are not swapped."""
     worst = 0.0
     for k in a:
-        assert torch.equal(a[k] != 0, b[k] != 0), f"{what}: the nonzero pattern of {k} differs"
-        worst = max(worst, float((a[k] - b[k]).abs().max()))
-    assert worst <= ATOL, f"{what}: max abs diff {worst:.3g} > {ATOL}"
+        off = (a[k] - b[k]).abs() > ATOL
+        n_off = int(off.sum())
+        assert n_off <= MAX_SWAPPED, f"{what}: {n_off} entries of {k} differ by more than {ATOL}"
+        if n_off:  # a tie flip: the same values, in another order
+            va, vb = a[k][off].sort().values, b[k][off].sort().values
+            assert float((va - vb).abs().max()) <= ATOL, f"{what}: {k} differs at {off.nonzero().tolist()}: {va} vs {vb}"
+        assert torch.equal(a[k][~off] != 0, b[k][~off] != 0), f"{what}: the nonzero pattern of {k} differs"
+        if n_off < off.numel():
+            worst = max(worst, float((a[k] - b[k])[~off].abs().max()))
     return worst
 
 
