@@ -12,7 +12,7 @@ mkdir -p /tmp/py311 && tar -xJf .devcarry/py311.tar.xz -C /tmp/py311 && cp -r .d
 BS=64; PREC=${PREC:-auto}
 TR="python3 -m sparsecircuits train --preset quickstart --sources /tmp/py311 --cache-dir /tmp/sccache --batch-size $BS --seed 0"
 probe() { $TR --precision $1 --steps ${PROBE_STEPS:-300} --val-every 0 --ckpt-every 0 --log-every 10 --out /tmp/probe-s > /tmp/probe-s.log 2>&1 & $TR --precision $1 --dense --steps ${PROBE_STEPS:-300} --val-every 0 --ckpt-every 0 --log-every 10 --out /tmp/probe-d > /tmp/probe-d.log 2>&1; a=$?; wait $!; b=$?; return $((a+b)); }
-probe $PREC || { log "probe $PREC failed"; tail -20 /tmp/probe-s.log /tmp/probe-d.log; PREC=fp32; rm -rf /tmp/probe-*; probe fp32 || { tail -30 /tmp/probe-s.log; exit 4; }; }
+probe $PREC || { log "probe $PREC failed"; tail -n 20 /tmp/probe-s.log /tmp/probe-d.log; PREC=fp32; rm -rf /tmp/probe-*; probe fp32 || { tail -n 30 /tmp/probe-s.log; exit 4; }; }
 RATE=$(python3 -c "import json;print(min(json.loads(open(f'/tmp/probe-{x}/metrics.jsonl').read().splitlines()[-1])['tokens_per_s'] for x in 'sd'))")
 BUDGET=$(( T0 + ${TRAIN_END:-420} - $(date +%s) ))
 STEPS=$(python3 -c "print(max(1000, int($RATE/($BS*128)*$BUDGET*0.92)//1000*1000))"); EV=$((STEPS/10)); [ -n "$FORCE_STEPS" ] && STEPS=$FORCE_STEPS && EV=$((STEPS/2))
@@ -20,7 +20,7 @@ log "precision $PREC, probe $RATE tok/s per run, budget ${BUDGET}s -> $STEPS ste
 echo "$TR --precision $PREC --steps $STEPS --val-every $EV --ckpt-every $EV --keep-checkpoints 10" > $OUT/command.txt
 $TR --precision $PREC --steps $STEPS --val-every $EV --ckpt-every $EV --keep-checkpoints 10 --out /tmp/g-sparse > /tmp/g-sparse.log 2>&1 &
 $TR --precision $PREC --dense --steps $STEPS --val-every $EV --ckpt-every $EV --keep-checkpoints 10 --out /tmp/g-dense > /tmp/g-dense.log 2>&1
-wait; log "trained"; tail -12 /tmp/g-sparse.log /tmp/g-dense.log
+wait; log "trained"; tail -n 12 /tmp/g-sparse.log /tmp/g-dense.log
 mkdir -p /tmp/val
 for d in /tmp/g-sparse/checkpoints/step-*; do n=$((10#${d##*step-}))
   timeout 150 python3 -m sparsecircuits tasks $d --n-examples 512 --seed 1 --exclude-seed 0 --exclude-n 256 --json /tmp/val/val-step-$n.json > /tmp/val/val-step-$n.log 2>&1 &
