@@ -32,6 +32,7 @@ from sparsecircuits.tasks.base import prompt_texts
 
 GAO_TASKS = ("single_double_quote", "bracket_counting", "set_or_string", "set_or_string_fixedvarname")
 N, MAX_SKIPPED, MIN_VALID, MAX_PROMPT_TOKENS = 256, 0.10, 200, 60
+MAX_SAME_CORRECT = 0.7  # share of examples one correct token may have (bracket_counting once had all)
 
 
 def test_registry_holds_the_python_tasks():
@@ -75,6 +76,10 @@ def test_task_fits_a_stdlib_tokenizer(name, vocab, stdlib_tokenizers):
     assert data.cf_tokens is not None, f"{name}: some example has no counterfactual"
     assert (data.correct != data.incorrect).all()
     assert data.answer_strings[0] != data.answer_strings[1]  # the most common pair, not two modes
+    # Both ways round: no token is the correct answer of most examples, so a model that always
+    # prefers one answer scores near chance, not 0 or 1.
+    top = int(torch.bincount(data.correct).max())
+    assert top <= MAX_SAME_CORRECT * len(data), f"{name}: one token is the correct answer of {top}/{len(data)}"
     assert int(data.lengths.max()) <= MAX_PROMPT_TOKENS
     for j, ex in enumerate(data.examples):
         # the answer token is the first token of the continuation text, and the prompt is unchanged
@@ -89,8 +94,9 @@ def _expect_tokens(name: str, ex: Example, c: str, i: str) -> bool:
         q = ex.correct[0]
         other = "'" if q == '"' else '"'
         return q in c and other not in c and other in i and q not in i
-    if name == "bracket_counting":
-        return c.startswith("]") and ")" not in c and i.startswith("])")
+    if name == "bracket_counting":  # `]]` and `])` where the BPE has them, else `]` vs `])`
+        deep, shallow = (c, i) if ex.correct.startswith("]]") else (i, c)
+        return deep.startswith("]") and ")" not in deep and shallow.startswith("])")
     if name == "paren_counting":
         return {c, i} == {"))", ")"}
     if name == "bracket_type":

@@ -89,14 +89,17 @@ _NESTED_CALLS = (
 )
 
 
-@register_task("bracket_counting", "closers after a nested list: `]]` at depth 2, `]` at depth 1")
+@register_task("bracket_counting", "closers after a nested list in a call: `]])` at depth 2, `])` at depth 1")
 def bracket_counting(rng: random.Random) -> Example:
     """Brackets close innermost first, so the literal in `f(x, [[1, 2], [5, 3, 11` (two `[` open
     inside the call) must close with `]]` before the call's `)`; at depth 1 (`f(x, [[1, 2], -5, 3, 11`)
-    it closes with `])`. The correct continuation is `]])` and the incorrect `])` (a syntax error at
-    depth 2). Where a tokenizer has no `]]` token the answer tokens are `]` vs `])`: the depth decides
-    whether the list closes together with the call. The counterfactual turns the last row's opening
-    ` [` into a minus sign ` -` (one token for one, in any BPE), leaving depth 1."""
+    it closes with `])`. The continuations are `]])` and `])`, each a syntax error at the other depth.
+    Where a tokenizer has no `]]` token the answer tokens are `]` vs `])`: the depth decides whether
+    the list closes together with the call. The prompt is at depth 2 or 1 at random, and the
+    counterfactual turns the last row's opening ` [` into a minus sign ` -` (one token for one, in any
+    BPE) or back. Gao et al. score each prompt together with its contrast prompt, so both depths count
+    there too; with depth 2 only, a model that always prefers `])` would score 0 and one that always
+    prefers `]` would score 1, whatever it knows about depth."""
     v, w = rng.sample(SHORT_NAMES, 2)
     before, call = rng.choice(_NESTED_CALLS)
     fmt = dict(t=pick(rng, DOC_NOUNS), v=v, w=w, f=pick(rng, FUNC_NAMES).lstrip("_"))
@@ -106,7 +109,10 @@ def bracket_counting(rng: random.Random) -> Example:
     row = _elements(rng, rng.randint(1, 5 - len(last)))
     done = head + f"[{', '.join(row)}], "
     rest = ", ".join(last)
-    return Example(done + "[" + rest, "]])\n", "])\n", done + "-" + rest)
+    deep, shallow = done + "[" + rest, done + "-" + rest
+    if rng.random() < 0.5:
+        return Example(deep, "]])\n", "])\n", shallow)
+    return Example(shallow, "])\n", "]])\n", deep)
 
 
 # (outer call up to its first argument, inner call); both take several positional arguments
