@@ -10,8 +10,8 @@ weights of scale ~0.02-1). Replicas of the ranks must be bitwise equal to each o
 
 Top-k ties: entries can meet at the top-k threshold with magnitudes equal up to rounding. Observed:
 two unembedding entries, pruned for three steps, regrew in the same step to 0.004005161 in both
-runs (with eps 0.1 and gradients rescaled to RMS 1, Adam's step is close to the learning rate for
-large gradients, so regrown entries cluster), and each run's projection kept a different one. Such
+runs, and each run's projection kept a different one (why the two regrew to the same value was not
+established; an Adam step near the learning rate for large rescaled gradients is a guess). Such
 a flip swaps the two entries and, over a few steps, moves the rest by less than `ATOL`.
 `assert_same` allows it and only it: in each matrix the entries that differ by more than `ATOL`
 must be few (`MAX_SWAPPED`) and hold the same values in both runs, in another order (a wrong
