@@ -102,6 +102,12 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--out", type=Path, required=True, help="folder to write")
     e.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
                    help="storage precision of the weights (default: float32)")
+    a = sub.add_parser("average", help="average the weights of checkpoints of one run (sparse runs: projected back to top-k)")
+    a.add_argument("checkpoints", type=Path, nargs="+", help="two or more checkpoint folders of the same run")
+    a.add_argument("--out", type=Path, required=True, help="checkpoint folder to write")
+    a.add_argument("--val", action=argparse.BooleanOptionalAction, default=True,
+                   help="recompute the validation loss on the run's data and store it in meta.json (default: on)")
+    a.add_argument("--cache-dir", type=Path, default=None, help="tokenizer/token cache (default: $SPARSECIRCUITS_CACHE or ~/.cache/sparsecircuits)")
     q = sub.add_parser("quickstart", help="the main job: task circuits in a shipped sparse model vs its dense twin")
     q.add_argument("--out", type=Path, default=Path("quickstart-report"), help="report folder")
     q.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=False,
@@ -156,6 +162,20 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_average(args: argparse.Namespace) -> int:
+    from sparsecircuits.average import average_checkpoints, record_validation_loss
+
+    with console.status("averaging checkpoints"):
+        res = average_checkpoints(args.checkpoints, args.out)
+    kept = f", sparse matrices projected {res.nonzeros_before:,} -> {res.nonzeros_after:,} nonzeros" if res.projected else ""
+    console.print(f"averaged {len(res.sources)} checkpoints -> {res.path}{kept}")
+    if args.val:
+        with console.status("validation loss"):
+            val = record_validation_loss(res.path, args.cache_dir or default_cache_dir())
+        console.print(f"validation loss {val:.4f} nats/token")
+    return 0
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     from sparsecircuits.console import TrainProgress
     from sparsecircuits.data.corpus import DataConfig
@@ -206,7 +226,7 @@ def _circuit_command(name: str):  # noqa: ANN202
     return run
 
 
-COMMANDS = {"train": cmd_train, "info": cmd_info, "export": cmd_export,
+COMMANDS = {"train": cmd_train, "info": cmd_info, "export": cmd_export, "average": cmd_average,
             **{n: _circuit_command(n) for n in ("quickstart", "prune", "compare", "tasks")}}
 
 # Command families: each is a module `sparsecircuits.<name>` with `add_parsers(sub)` and
