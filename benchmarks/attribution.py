@@ -63,8 +63,8 @@ def build(args: argparse.Namespace):  # noqa: ANN201
 
 
 def ours(args: argparse.Namespace) -> dict:
-    from sparsecircuits.discover.attribution_graph import AttributionConfig, attribute
-    from sparsecircuits.discover.graph_export import prune_graph, scores
+    from sparsecircuits.transcoder_circuits.attribution_graph import AttributionConfig, attribute
+    from sparsecircuits.transcoder_circuits.export import prune_graph, scores
 
     model, tcs, toks = build(args)
     rows = {}
@@ -86,8 +86,8 @@ def ours(args: argparse.Namespace) -> dict:
 def sfc_time(args: argparse.Namespace, model) -> dict:  # noqa: ANN001
     """Seconds for SFC node effects (IG) and edges with random SAEs at attn-out, mlp-out and resid-post."""
     from sparsecircuits.dictionaries import DictConfig, make_dictionary
-    from sparsecircuits.discover.dictionary_graph import make_sites
-    from sparsecircuits.discover.feature_circuit import FeatureCircuitConfig, find_feature_circuit
+    from sparsecircuits.feature_circuits.circuit import FeatureCircuitConfig, find_feature_circuit
+    from sparsecircuits.feature_circuits.dictionary_graph import make_sites
 
     torch.manual_seed(1)
     z = math.sqrt(2) * torch.erfinv(torch.tensor(1 - 2 * args.active / args.width)).item()

@@ -1,4 +1,4 @@
-"""Seconds for the unsupervised many-circuits pipeline (Marks et al. 2025; `discover/clusters.py`) on
+"""Seconds for the unsupervised many-circuits pipeline (Marks et al. 2025; `feature_circuits/clusters.py`) on
 the shipped sparse quickstart model with residual SAEs: collect well-predicted contexts, k-means,
 one zero-ablation IG feature circuit per cluster (batched). Prints a table, writes the pipeline's
 outputs (index.html, circuits/) to --out and the timings to benchmarks/results/clusters.json.
@@ -36,16 +36,16 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/clusters.json")
     args = p.parse_args()
 
-    from sparsecircuits.checkpoint import load_checkpoint
-    from sparsecircuits.cli import default_cache_dir
-    from sparsecircuits.cli_clusters import run_clusters, write_outputs
-    from sparsecircuits.cli_features import load_dictionaries
+    from sparsecircuits.cli.app import default_cache_dir
+    from sparsecircuits.cli.clusters import run_clusters, write_outputs
+    from sparsecircuits.cli.feature_circuits import load_dictionaries
     from sparsecircuits.data.batches import val_windows
     from sparsecircuits.data.tokenizer import load_tokenizer
     from sparsecircuits.dictionaries.activations import checkpoint_tokens
-    from sparsecircuits.discover.clusters import ClusterConfig
-    from sparsecircuits.discover.dictionary_graph import make_sites
-    from sparsecircuits.discover.feature_circuit import FeatureCircuitConfig
+    from sparsecircuits.feature_circuits.circuit import FeatureCircuitConfig
+    from sparsecircuits.feature_circuits.clusters import ClusterConfig
+    from sparsecircuits.feature_circuits.dictionary_graph import make_sites
+    from sparsecircuits.model.checkpoint import load_checkpoint
 
     ck = load_checkpoint(args.model)
     model, tok = ck.model.eval(), load_tokenizer(ck.tokenizer_path)

@@ -32,8 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from sparsecircuits.ablation import weights_fingerprint  # noqa: E402
 from sparsecircuits.atomic import atomic_write_text  # noqa: E402
-from sparsecircuits.checkpoint import load_checkpoint  # noqa: E402
-from sparsecircuits.cli import default_cache_dir  # noqa: E402
+from sparsecircuits.cli.app import default_cache_dir  # noqa: E402
 from sparsecircuits.data.batches import val_windows  # noqa: E402
 from sparsecircuits.dictionaries import (  # noqa: E402
     DictConfig,
@@ -52,6 +51,7 @@ from sparsecircuits.dictionaries.activations import (  # noqa: E402
 )
 from sparsecircuits.dictionaries.base import SparsityCoefs  # noqa: E402
 from sparsecircuits.dictionaries.train import StepInput, train_step  # noqa: E402
+from sparsecircuits.model.checkpoint import load_checkpoint  # noqa: E402
 
 
 def step_ours(arch: str, x: torch.Tensor, y: torch.Tensor, width: int, k: int) -> Callable[[], None]:

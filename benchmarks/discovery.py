@@ -45,10 +45,11 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
+from sparsecircuits.component_circuits import eap as attribution
+from sparsecircuits.component_circuits import patching
+from sparsecircuits.component_circuits.component_graph import build_graph
+from sparsecircuits.component_circuits.prepare import ComponentTask, prepare
 from sparsecircuits.data.tokenizer import load_tokenizer
-from sparsecircuits.discover import attribution, patching
-from sparsecircuits.discover.component_graph import build_graph
-from sparsecircuits.discover.components import ComponentTask, prepare
 from sparsecircuits.model import ModelConfig, Transformer
 from sparsecircuits.tasks.base import TaskData, load_task
 

@@ -33,11 +33,11 @@ from rich.console import Console
 from rich.table import Table
 
 from sparsecircuits.ablation import checkpoint_means
-from sparsecircuits.checkpoint import load_checkpoint
 from sparsecircuits.data.tokenizer import load_tokenizer
-from sparsecircuits.discover.prune import PruneConfig, prune_task
-from sparsecircuits.quickstart import ASSETS, QUICKSTART_PRUNE
+from sparsecircuits.model.checkpoint import load_checkpoint
 from sparsecircuits.tasks.base import load_task
+from sparsecircuits.weight_sparse.prune import PruneConfig, prune_task
+from sparsecircuits.weight_sparse.quickstart import ASSETS, QUICKSTART_PRUNE
 
 
 def time_prune(path: Path, task: str, cache: Path, cfg: PruneConfig) -> dict:

@@ -1,6 +1,6 @@
 """Cost of weight sparsity per training step: `train_step` of the sparse model vs its dense twin.
 
-For each preset (model sizes and batch from `sparsecircuits.presets.PRESETS`, vocabulary 2048,
+For each preset (model sizes and batch from `sparsecircuits.weight_sparse.presets.PRESETS`, vocabulary 2048,
 random tokens, fp32 on CPU) three variants are timed, each with its own model and Adam state:
 
 * `dense`     — `TrainConfig(dense=True)`: no projection, the baseline;
@@ -37,10 +37,16 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-import sparsecircuits.train as train
+import sparsecircuits.weight_sparse.train as train
 from sparsecircuits.model import ModelConfig, Transformer
-from sparsecircuits.presets import PRESETS
-from sparsecircuits.train import StepInput, TrainConfig, autocast_for, make_optimizer, train_step
+from sparsecircuits.weight_sparse.presets import PRESETS
+from sparsecircuits.weight_sparse.train import (
+    StepInput,
+    TrainConfig,
+    autocast_for,
+    make_optimizer,
+    train_step,
+)
 
 D_VOCAB = 2048
 VARIANTS = ("dense", "annealing", "annealed")

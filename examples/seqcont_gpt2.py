@@ -23,10 +23,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from sparsecircuits.discover.component_eval import circuit_faithfulness, cross_task_matrix
-from sparsecircuits.discover.components import prepare
-from sparsecircuits.discover.head_roles import head_roles
-from sparsecircuits.discover.methods import DiscoverConfig, discover
+from sparsecircuits.component_circuits.evaluation import circuit_faithfulness, cross_task_matrix
+from sparsecircuits.component_circuits.head_roles import head_roles
+from sparsecircuits.component_circuits.methods import DiscoverConfig, discover
+from sparsecircuits.component_circuits.prepare import prepare
 from sparsecircuits.evaluate import filter_solved
 from sparsecircuits.graph import edge_iou, intersect, node_iou
 from sparsecircuits.model.load import load_pretrained

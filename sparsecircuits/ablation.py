@@ -5,7 +5,7 @@ positions); at that hook the activation becomes `m * x + (1 - m) * baseline`. Ba
   mean            per-channel mean over pretraining tokens (all positions; `mean_activations`)
   zero            0
   counterfactual  the activation of the paired counterfactual prompt (same shape as x)
-and, for the component graph (`discover/component_graph.py`, `ABLATIONS`):
+and, for the component graph (`component_circuits/component_graph.py`, `ABLATIONS`):
   position-mean   per position, the mean over a reference set of prompts aligned on their last
                   (answer) position (Lan et al. 2024 take it over the corrupted prompts;
                   `position_mean`)
@@ -29,7 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from sparsecircuits.graph import Circuit
-from sparsecircuits.hooks import HookFn, HookPoint
+from sparsecircuits.model.hooks import HookFn, HookPoint
 from sparsecircuits.model.transformer import Transformer
 
 BASELINES = ("mean", "zero", "counterfactual")

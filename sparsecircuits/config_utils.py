@@ -1,4 +1,5 @@
-"""Helpers shared by the config dataclasses: `opt` declares a field together with its help text.
+"""Helpers shared by the config dataclasses: `opt` declares a field together with its help text;
+`config_diff` lists the fields in which two configs differ (for resume checks).
 
 The CLI reads `field.metadata["help"]` to build `--flag` help strings, so every config field is
 declared as `name: type = opt(default, "what it is, with units and range")`.
@@ -30,3 +31,9 @@ def require_at_least(cfg: Any, minimum: int, *names: str) -> None:
         value = getattr(cfg, name)
         if value < minimum:
             raise ValueError(f"{type(cfg).__name__}.{name} must be >= {minimum}, got {value}")
+
+
+def config_diff(a: Any, b: Any, ignore: tuple[str, ...] = ()) -> list[str]:
+    """Fields that differ between two dataclass configs, as 'name: a -> b' strings."""
+    da, db = dataclasses.asdict(a), dataclasses.asdict(b)
+    return [f"{k}: {da[k]!r} -> {db[k]!r}" for k in da if k not in ignore and da[k] != db.get(k)]

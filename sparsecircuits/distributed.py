@@ -7,7 +7,7 @@ group from them (NCCL for CUDA devices, gloo for the CPU). Without them (or with
 nothing here communicates and training is the single-process code path, unchanged. A process group
 the caller started itself (e.g. a test that spawns workers) is used as it is.
 
-The rules the training loops (`run.py`, `dictionaries/train.py`) follow:
+The rules the training loops (`weight_sparse/run.py`, `dictionaries/train.py`) follow:
 1. batch sizes in the configs are *global*; each rank takes its contiguous slice of the rows of the
    step's global batch (`DistContext.shard_rows`). Batches are a pure function of (seed, step), so
    the data position is the global step and a run can resume at another world size;

@@ -83,7 +83,7 @@ class MaskedTask:
         example: `{layer: [n_examples, pos, d_model]}` (prompts right-padded; positions past a
         prompt's end are never read by its last-position logits). One forward, stopped after the
         last of them. `diff_stacked(..., start=(layer, resid))` resumes from one."""
-        from sparsecircuits.dictionaries.activations import cache_until
+        from sparsecircuits.model.cache import cache_until
 
         hooks = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
         cache = cache_until(self.model, self.data.tokens, hooks, masked_hooks(masks, self.base))

@@ -35,8 +35,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from sparsecircuits.checkpoint import read_json, read_tensors
 from sparsecircuits.dictionaries.base import Dictionary
+from sparsecircuits.model.checkpoint import read_json, read_tensors
 from sparsecircuits.model.transformer import Transformer
 
 _TENSORS = ("top_acts", "top_window", "top_pos", "contexts", "context_acts", "hist_counts", "density")

@@ -36,8 +36,8 @@ import torch
 from safetensors.torch import save_file
 from torch import Tensor
 
-from sparsecircuits.checkpoint import CheckpointError, read_json, read_tensors
 from sparsecircuits.dictionaries.base import DictConfig, Dictionary, make_dictionary
+from sparsecircuits.model.checkpoint import CheckpointError, read_json, read_tensors
 
 CFG, WEIGHTS = "cfg.json", "sae_weights.safetensors"
 FORMAT = "sparsecircuits-dictionary-v1"

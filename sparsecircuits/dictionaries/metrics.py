@@ -23,7 +23,7 @@ from torch import Tensor
 
 from sparsecircuits.dictionaries.activations import hook_order
 from sparsecircuits.dictionaries.base import Dictionary
-from sparsecircuits.hooks import HookFn, HookPoint
+from sparsecircuits.model.hooks import HookFn, HookPoint
 from sparsecircuits.model.transformer import Transformer
 
 

@@ -44,8 +44,7 @@ from torch import Tensor
 
 from sparsecircuits import distributed
 from sparsecircuits.atomic import atomic_dir
-from sparsecircuits.checkpoint import CheckpointError, read_json, read_tensors
-from sparsecircuits.config_utils import opt, require_at_least
+from sparsecircuits.config_utils import config_diff, opt, require_at_least
 from sparsecircuits.dictionaries.activations import (
     ModelActivations,
     ShuffledBatches,
@@ -56,8 +55,8 @@ from sparsecircuits.dictionaries.activations import (
 from sparsecircuits.dictionaries.architectures import aux_k_loss
 from sparsecircuits.dictionaries.base import DictConfig, Dictionary, SparsityCoefs, make_dictionary
 from sparsecircuits.dictionaries.formats import fold_scaling, save_dictionary
+from sparsecircuits.model.checkpoint import CheckpointError, read_json, read_tensors
 from sparsecircuits.model.transformer import Transformer
-from sparsecircuits.train import config_diff
 
 RESUMABLE = ("ckpt_every", "log_every", "threads")
 

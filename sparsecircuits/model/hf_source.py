@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparsecircuits.checkpoint import CheckpointError
+from sparsecircuits.model.checkpoint import CheckpointError
 
 _MISSING = object()
 

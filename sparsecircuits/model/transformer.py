@@ -41,7 +41,7 @@ any of `blocks.{L}.hook_q_input|hook_k_input|hook_v_input` is hooked, the residu
 per head — `[batch, pos, n_heads, d_model]` for q, `[batch, pos, n_kv_heads, d_model]` for k and v
 (one copy per key/value group, natively grouped) — and each copy is normed by `ln1` and projected
 by its head's weights alone, so a hook can give every head its own input (the component graph's
-edge masks, `discover/component_graph.py`). `ln1.hook_*` then fire three times with those 4-d shapes.
+edge masks, `component_circuits/component_graph.py`). `ln1.hook_*` then fire three times with those 4-d shapes.
 With no hook on them the block runs exactly as before. `blocks.{L}.hook_mlp_in` is the residual the
 MLP reads, before `ln2` (an identity; hooking it changes the MLP's input only).
 
@@ -61,9 +61,9 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from sparsecircuits.hooks import HookedModule, HookPoint
 from sparsecircuits.model.config import GATED_ACTIVATIONS, ModelConfig
-from sparsecircuits.sparsity import SparseWeight, abs_topk
+from sparsecircuits.model.hooks import HookedModule, HookPoint
+from sparsecircuits.model.sparsity import SparseWeight, abs_topk
 
 
 def _maybe_topk(x: Tensor, cfg: ModelConfig, site: str) -> Tensor:

@@ -126,7 +126,7 @@ def greater_than(rng: random.Random) -> Example:
     return Example(prompt.format(n=noun, c=century, y=yy), f"{later:02d}", f"{earlier:02d}",
                    prompt.format(n=noun, c=century, y=1 if earlier > 1 else 0))
 
-# Ordered members per sequence task (the OV successor/copy scores of `discover/head_roles.py` use them).
+# Ordered members per sequence task (the OV successor/copy scores of `component_circuits/head_roles.py` use them).
 MEMBERS: dict[str, tuple[str, ...]] = {
     "seqcont_numerals": _numerals(12), "seqcont_number_words": NUMBER_WORDS, "seqcont_months": MONTHS,
     "seqcont_spanish": SPANISH, "seqcont_interval2": _numerals(20), "seqcont_interval3": _numerals(24),

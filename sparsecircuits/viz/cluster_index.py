@@ -1,4 +1,4 @@
-"""The index page of the unsupervised pipeline (`discover/clusters.py`): one row per cluster with its
+"""The index page of the unsupervised pipeline (`feature_circuits/clusters.py`): one row per cluster with its
 size, circuit size, a link to its circuit JSON (open with `sparsecircuits view`) and its top contexts.
 Like the quickstart index (`viz/html.py`): one self-contained file, every data string through
 `html.escape`, and a Content-Security-Policy that allows no script and no network.

@@ -18,11 +18,11 @@ from sparsecircuits.viz.html import render_index
 from sparsecircuits.viz.plots import _pyplot, _save, matplotlib_available
 
 if TYPE_CHECKING:
-    from sparsecircuits.sweep import RunRow, SweepResult
+    from sparsecircuits.weight_sparse.sweep import RunRow, SweepResult
 
 
 def frontier_metric(result: SweepResult) -> str:
-    """'geomean_common' when some task is reached by every model, else 'geomean_all' (see sweep.py)."""
+    """'geomean_common' when some task is reached by every model, else 'geomean_all' (see weight_sparse/sweep.py)."""
     return "geomean_common" if result.common_tasks else "geomean_all"
 
 

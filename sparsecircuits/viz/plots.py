@@ -13,7 +13,7 @@ from sparsecircuits.graph import Circuit
 from sparsecircuits.viz.data import bisection_curve
 
 if TYPE_CHECKING:
-    from sparsecircuits.quickstart import QuickstartReport
+    from sparsecircuits.weight_sparse.quickstart import QuickstartReport
 
 
 def matplotlib_available() -> bool:

@@ -31,8 +31,8 @@ from sparsecircuits.viz.data import page_data
 from sparsecircuits.viz.html import render_circuit_page, render_index
 
 if TYPE_CHECKING:
-    from sparsecircuits.quickstart import QuickstartReport
     from sparsecircuits.tasks.base import TaskData
+    from sparsecircuits.weight_sparse.quickstart import QuickstartReport
 
 Event = Callable[[str], None]
 
@@ -69,9 +69,9 @@ def load_model_context(checkpoint: Path, cache_dir: Path, n_windows: int = 64, o
     """Load a checkpoint, its tokenizer, `n_windows` held-out windows of its pretraining corpus
     (the stdlib when its metadata names none; tokenized and cached) and its mean baselines."""
     from sparsecircuits.ablation import cached_means
-    from sparsecircuits.checkpoint import load_checkpoint
     from sparsecircuits.data.batches import checkpoint_corpus, val_windows
     from sparsecircuits.data.tokenizer import load_tokenizer
+    from sparsecircuits.model.checkpoint import load_checkpoint
 
     ck = load_checkpoint(checkpoint)
     if ck.tokenizer_path is None:
@@ -89,8 +89,8 @@ def load_model_context(checkpoint: Path, cache_dir: Path, n_windows: int = 64, o
 def held_out_task(circuit: Circuit, tok: Tokenizer, n_ctx: int, task_file: Path | None = None) -> TaskData | None:
     """The circuit's task examples that pruning held out (same n, seed and split), or None when the
     task is not a built-in one and no task file is given."""
-    from sparsecircuits.discover.prune import split_indices
     from sparsecircuits.tasks.base import get_task, load_jsonl_task, load_task
+    from sparsecircuits.weight_sparse.prune import split_indices
 
     md = circuit.metadata
     if task_file is not None:
@@ -113,9 +113,9 @@ def held_out_task(circuit: Circuit, tok: Tokenizer, n_ctx: int, task_file: Path 
 
 def _effects(ctx: ModelContext, circuit: Circuit, data: TaskData, cfg: ViewConfig) -> dict[str, float]:
     from sparsecircuits.ablation import circuit_masks
-    from sparsecircuits.discover.prune import node_effects
     from sparsecircuits.evaluate import MaskedTask
     from sparsecircuits.viz.task_panel import circuit_sites
+    from sparsecircuits.weight_sparse.prune import node_effects
 
     sites = circuit_sites(circuit, ctx.model)
     baseline = str(circuit.metadata.get("hyperparameters", {}).get("baseline", "mean"))

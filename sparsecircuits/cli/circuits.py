@@ -1,0 +1,179 @@
+"""CLI commands for circuits: `quickstart`, `prune`, `compare`, `tasks` (rendering only; the work is
+in `weight_sparse/quickstart.py`, `weight_sparse/prune.py` and `evaluate.py`)."""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from sparsecircuits.graph import compare_sizes, geometric_mean, load_circuit_dir
+
+
+def _cache(args: argparse.Namespace) -> Path:
+    from sparsecircuits.cli.app import default_cache_dir
+
+    return args.cache_dir or default_cache_dir()
+
+
+def cmd_quickstart(args: argparse.Namespace, console: Console) -> int:
+    from sparsecircuits.cli.app import collect
+    from sparsecircuits.weight_sparse.prune import PruneConfig
+    from sparsecircuits.weight_sparse.quickstart import ASSETS, QUICKSTART_PRUNE, run_quickstart
+
+    cfg = collect(args, PruneConfig, QUICKSTART_PRUNE)
+    sparse, dense = ASSETS / "sparse", ASSETS / "dense"
+    if args.retrain:
+        sparse, dense = _retrain(args, console)
+    console.print(f"[bold]sparsecircuits quickstart[/]: circuits in {sparse} vs its dense twin -> {args.out}")
+    from sparsecircuits.cli.console import StageBars, stage_progress
+    from sparsecircuits.viz.report import QuickstartPages
+
+    pages = QuickstartPages(args.out, _cache(args), {"sparse": sparse, "dense": dense}, on_event=console.log)
+    with stage_progress(console) as bars:
+        report = run_quickstart(args.out, _cache(args), sparse, dense, args.tasks, cfg, args.n_examples, args.solve_threshold,
+                                on_event=console.log, workers=args.workers, progress=StageBars(bars),
+                                on_circuit=pages.circuit)
+    table = Table(title=f"Task circuits, weight-sparse vs dense (pruned to task loss <= {cfg.target_loss} nats)")
+    for col in ("task", "answers", "acc sparse", "acc dense", "nodes", "edges", "dense nodes", "dense edges", "ratio"):
+        table.add_column(col, justify="left" if col in ("task", "answers") else "right")
+    for r in report.rows:
+        sc, dc = r.sparse_circuit, r.dense_circuit
+        cells = [r.task, f"{r.answers[0]!r} / {r.answers[1]!r}", f"{r.sparse.accuracy:.2f}", f"{r.dense.accuracy:.2f}"]
+        if sc and dc:
+            ratio = dc["n_edges"] / max(sc["n_edges"], 1)
+            mark = "" if dc["reached_target"] else "*"
+            cells += [str(sc["n_nodes"]), str(sc["n_edges"]), f"{dc['n_nodes']}{mark}", f"{dc['n_edges']}{mark}", f"{ratio:.1f}x"]
+        else:
+            cells += ["-", "-", "-", "-", "not solved"]
+        table.add_row(*cells)
+    console.print(table)
+    console.print(f"geometric mean of circuit edges: sparse {report.geomean_sparse_edges:.0f}, dense "
+                  f"{report.geomean_dense_edges:.0f} (dense/sparse {report.geomean_ratio:.1f}x); "
+                  f"{report.seconds:.0f} s; report: {Path(args.out) / 'report.json'}")
+    for note in report.notes:
+        console.print(f"[yellow]note[/]: {note} (marked *)")
+    with console.status("index page"):
+        index = pages.index(report)
+    console.print(f"circuit pages: {index} (one self-contained HTML file per circuit; open in any browser)")
+    return 0
+
+
+def _retrain(args: argparse.Namespace, console: Console) -> tuple[Path, Path]:
+    from sparsecircuits.cli.app import cmd_train
+
+    runs = Path(args.out) / "models"
+    for dense in (False, True):
+        name = "dense" if dense else "sparse"
+        console.print(f"retraining the {name} model (preset quickstart)")
+        targs = argparse.Namespace(preset="quickstart", out=runs / name, resume=(runs / name).exists(),
+                                   cache_dir=args.cache_dir, **{"TrainConfig.dense": dense})
+        cmd_train(targs)
+    return runs / "sparse", runs / "dense"
+
+
+def cmd_prune(args: argparse.Namespace, console: Console) -> int:
+    from sparsecircuits.ablation import checkpoint_means
+    from sparsecircuits.cli.app import collect
+    from sparsecircuits.data.tokenizer import load_tokenizer
+    from sparsecircuits.model.checkpoint import load_checkpoint
+    from sparsecircuits.tasks.base import load_jsonl_task, load_task
+    from sparsecircuits.weight_sparse.prune import PruneConfig, prune_task
+
+    cfg = collect(args, PruneConfig, {})
+    ck = load_checkpoint(args.checkpoint)
+    if ck.tokenizer_path is None:
+        raise ValueError(f"{ck.path} has no tokenizer.json; tasks need the model's tokenizer")
+    tok = load_tokenizer(ck.tokenizer_path)
+    n_ctx = ck.model.cfg.n_ctx
+    data = load_jsonl_task(args.task_file, tok, n_ctx) if args.task_file else load_task(args.task, tok, n_ctx, args.n_examples)
+    means = checkpoint_means(ck.model, ck.meta, tok, _cache(args)) if cfg.baseline == "mean" else None
+    t0 = time.perf_counter()
+    with console.status(f"pruning {data.name}") as status:
+        result = prune_task(ck.model, data, cfg, means,
+                            on_step=lambda s, n, loss, k: status.update(f"pruning {data.name}: step {s}/{n}, loss {loss:.3f}, {k} nodes on"))
+    result.circuit.metadata["model"] = str(ck.path)
+    result.circuit.save(args.out)
+    md = result.circuit.metadata
+    console.print(f"{data.name}: {md['n_nodes']} nodes, {md['n_edges']} edges; task loss circuit "
+                  f"{md['losses']['circuit']:.3f} / full {md['losses']['full']:.3f} / empty {md['losses']['empty']:.3f}"
+                  f"{'' if md['reached_target'] else ' (target not reached)'}; {time.perf_counter() - t0:.1f} s -> {args.out}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace, console: Console) -> int:
+    rows = compare_sizes(load_circuit_dir(args.sparse), load_circuit_dir(args.dense))
+    if not rows:
+        raise ValueError(f"no task has a circuit in both {args.sparse} and {args.dense}")
+    table = Table(title="circuit size: weight-sparse vs dense")
+    for col in ("task", "sparse nodes", "sparse edges", "dense nodes", "dense edges", "dense/sparse edges"):
+        table.add_column(col, justify="left" if col == "task" else "right")
+    for r in rows:
+        table.add_row(r.task, str(r.sparse_nodes), str(r.sparse_edges), str(r.dense_nodes), str(r.dense_edges),
+                      f"{r.edge_ratio:.1f}x")
+    gs = geometric_mean([float(r.sparse_edges) for r in rows])
+    gd = geometric_mean([float(r.dense_edges) for r in rows])
+    table.add_row("geometric mean", "", f"{gs:.0f}", "", f"{gd:.0f}", f"{gd / max(gs, 1e-9):.1f}x")
+    console.print(table)
+    return 0
+
+
+def cmd_tasks(args: argparse.Namespace, console: Console) -> int:
+    import sparsecircuits.tasks  # noqa: F401
+    from sparsecircuits.tasks.base import TASKS, TaskError, load_task, prompt_texts
+
+    table = Table(title="tasks")
+    table.add_column("task")
+    table.add_column("what is predicted and why it is determined")
+    model = tok = None
+    if args.checkpoint is not None and getattr(args, "model", None):
+        raise ValueError("give either a checkpoint or --model, not both")
+    out_json = getattr(args, "json", None)
+    if out_json is not None and args.checkpoint is None and not getattr(args, "model", None):
+        raise ValueError("--json needs a checkpoint or --model to evaluate")
+    results: dict[str, dict[str, object]] = {}
+    if args.checkpoint is not None or getattr(args, "model", None):
+        from sparsecircuits.data.tokenizer import load_tokenizer
+        from sparsecircuits.evaluate import evaluate_task
+        from sparsecircuits.model.checkpoint import load_checkpoint
+
+        if args.checkpoint is None:
+            from sparsecircuits.model.load import load_pretrained
+
+            pre = load_pretrained(args.model)
+            model, tok = pre.model, pre.tokenizer
+        else:
+            ck = load_checkpoint(args.checkpoint)
+            model, tok = ck.model, load_tokenizer(ck.tokenizer_path) if ck.tokenizer_path else None
+        for col in ("answers", "accuracy", "loss"):
+            table.add_column(col, justify="right")
+    for name, spec in sorted(TASKS.items()):
+        cells = [name, spec.summary]
+        if model is not None and tok is not None:
+            try:
+                exclude = set() if args.exclude_seed is None else prompt_texts(name, args.exclude_n, args.exclude_seed)
+                data = load_task(name, tok, model.cfg.n_ctx, args.n_examples, args.seed, exclude)
+                ev = evaluate_task(model, data)
+                cells += [f"{data.answer_strings[0]!r} / {data.answer_strings[1]!r}", f"{ev.accuracy:.2f}", f"{ev.loss:.3f}"]
+                results[name] = {"accuracy": ev.accuracy, "loss": ev.loss, "logit_diff": ev.logit_diff,
+                                 "n_examples": len(data), "answers": list(data.answer_strings)}
+            except TaskError as e:
+                cells += ["-", "-", str(e)[:40]]
+                results[name] = {"error": str(e)}
+        table.add_row(*cells)
+    console.print(table)
+    if out_json is not None:
+        import json
+
+        from sparsecircuits.atomic import atomic_write_text
+
+        source = str(args.checkpoint) if args.checkpoint is not None else args.model
+        record = {"model": source, "n_examples": args.n_examples, "seed": args.seed,
+                  "excluded": None if args.exclude_seed is None else {"seed": args.exclude_seed, "n": args.exclude_n},
+                  "tasks": results}
+        atomic_write_text(out_json, json.dumps(record, indent=1))
+        console.print(f"wrote {out_json}")
+    return 0

@@ -1,0 +1,37 @@
+"""`sparsecircuits task-corpus`: write a training corpus of sequence-continuation documents in the form
+of Lan et al. (2024), optionally mixed with stdlib code (rendering and files only; the work is in
+`data/task_corpus.py`). Train on it with `sparsecircuits train --sources OUT.jsonl` (docs/seqcont.md)."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from rich.console import Console
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from sparsecircuits.cli.app import add_config_flags
+    from sparsecircuits.data.task_corpus import TaskCorpusConfig
+
+    p = sub.add_parser("task-corpus", help="write a JSONL corpus of sequence-continuation text (Lan et al.) to train on")
+    p.add_argument("--out", type=Path, required=True, help="JSONL file to write (one {\"text\": ...} document per line)")
+    add_config_flags(p, TaskCorpusConfig, "corpus")
+
+
+def cmd_task_corpus(args: argparse.Namespace, console: Console) -> int:
+    from sparsecircuits.cli.app import collect
+    from sparsecircuits.data.task_corpus import TaskCorpusConfig, write_task_corpus
+
+    cfg = collect(args, TaskCorpusConfig, {})
+    stats = write_task_corpus(cfg, args.out)
+    per_task = ", ".join(f"{t} {n}" for t, n in stats.docs_per_task.items())
+    total = stats.sequence_chars + stats.stdlib_chars
+    console.print(f"{stats.sequence_docs} sequence documents ({per_task}) and {stats.stdlib_docs} stdlib chunks; "
+                  f"{total / 1e6:.2f} M characters, {100 * stats.stdlib_chars / max(total, 1):.0f}% code -> {args.out}")
+    console.print("evaluation prompts are held out: the corpus uses subjects disjoint from the tasks' "
+                  "(see `sparsecircuits.data.task_corpus`)")
+    return 0
+
+
+COMMANDS = {"task-corpus": cmd_task_corpus}

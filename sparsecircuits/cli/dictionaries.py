@@ -1,0 +1,216 @@
+"""CLI commands for sparse dictionaries: `train-dict`, `eval-dict`, `features`, `convert-dict`.
+
+Rendering only; the work is in `sparsecircuits.dictionaries`. `--arch` choices come from the
+`ARCHITECTURES` registry and the training flags from `DictTrainConfig`. A sweep is several values
+of `--width` and/or `--k`: every combination is trained from one activation stream.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    """Register the dictionary subcommands on the main parser's subparsers."""
+    from sparsecircuits.cli.app import add_config_flags
+    from sparsecircuits.dictionaries import ARCHITECTURES, DictTrainConfig
+
+    t = sub.add_parser("train-dict", help="train sparse dictionaries (SAEs / transcoders) on a model's activations")
+    t.add_argument("--model", type=Path, required=True, help="checkpoint folder or run folder")
+    t.add_argument("--hook", required=True, help="hook the dictionary reads, e.g. blocks.1.hook_resid_post")
+    t.add_argument("--out-hook", default="", help="hook it predicts (a transcoder), e.g. blocks.1.hook_mlp_out; "
+                   "default: --hook (an SAE)")
+    t.add_argument("--arch", choices=sorted(ARCHITECTURES), default="topk", help="architecture (default: topk)")
+    t.add_argument("--width", type=int, nargs="+", default=[1024], help="features; several = a sweep (default: 1024)")
+    t.add_argument("--k", type=int, nargs="+", default=[32], help="active features per token for topk/batchtopk; "
+                   "several = a sweep (default: 32)")
+    t.add_argument("--skip", action=argparse.BooleanOptionalAction, default=False,
+                   help="affine skip connection (transcoders; default: off)")
+    t.add_argument("--out", type=Path, required=True, help="output folder (one SAELens folder per dictionary)")
+    t.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
+                   help="continue from the checkpoint in --out (default: off)")
+    t.add_argument("--store", type=Path, default=None, help="activation store folder: written once, reused after")
+    t.add_argument("--store-tokens", type=int, default=0, help="tokens to store (default: the training tokens)")
+    t.add_argument("--cache-dir", type=Path, default=None, help="token cache (default: $SPARSECIRCUITS_CACHE)")
+    add_config_flags(t, DictTrainConfig, "dictionary training")
+    e = sub.add_parser("eval-dict", help="L0, FVU, spliced CE/KL and loss recovered of a dictionary")
+    e.add_argument("dictionary", type=Path, nargs="+", help="dictionary folders (SAELens layout)")
+    e.add_argument("--model", type=Path, required=True, help="checkpoint folder or run folder")
+    e.add_argument("--batches", type=int, default=8, help="validation batches (default: 8)")
+    e.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default: 16)")
+    e.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
+    e.add_argument("--cache-dir", type=Path, default=None, help="token cache")
+    f = sub.add_parser("features", help="top activating contexts and histograms of every feature (or neuron)")
+    f.add_argument("--model", type=Path, required=True, help="checkpoint folder or run folder")
+    src = f.add_mutually_exclusive_group(required=True)
+    src.add_argument("--dictionary", type=Path, help="dictionary folder")
+    src.add_argument("--neurons", help="hook whose channels are the features, e.g. blocks.0.mlp.hook_post")
+    f.add_argument("--out", type=Path, required=True, help="folder for features.safetensors + features.json")
+    f.add_argument("--batches", type=int, default=16, help="batches of validation windows (default: 16)")
+    f.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default: 16)")
+    f.add_argument("--top", type=int, default=16, help="examples per feature (default: 16)")
+    f.add_argument("--context", type=int, default=16, help="tokens of context per example (default: 16)")
+    f.add_argument("--cache-dir", type=Path, default=None, help="token cache")
+    c = sub.add_parser("convert-dict", help="convert a pickled dictionary (Dunefsky et al.) to the SAELens layout")
+    c.add_argument("pickle", type=Path, help="the .pt pickle file: only convert files you trust")
+    c.add_argument("--out", type=Path, required=True, help="output dictionary folder")
+    c.add_argument("--hook", default="", help="input hook, if the file does not record it")
+    c.add_argument("--out-hook", default="", help="output hook of a transcoder, if the file does not record it")
+
+
+def _cache(args: argparse.Namespace) -> Path:
+    from sparsecircuits.cli.app import default_cache_dir
+
+    return args.cache_dir or default_cache_dir()
+
+
+def _windows(model, data, batches: int, batch_size: int):  # noqa: ANN001, ANN202
+    from sparsecircuits.data.batches import val_windows
+
+    return val_windows(data.val, batches, batch_size, model.cfg.n_ctx)
+
+
+def cmd_train_dict(args: argparse.Namespace, console: Console) -> int:
+    from sparsecircuits import distributed
+    from sparsecircuits.ablation import weights_fingerprint
+    from sparsecircuits.cli.app import collect
+    from sparsecircuits.dictionaries import DictConfig, DictTrainConfig, train_dictionaries
+    from sparsecircuits.dictionaries.activations import (
+        ModelActivations,
+        checkpoint_tokens,
+        hook_widths,
+        store_activations,
+        store_key,
+    )
+    from sparsecircuits.model.checkpoint import load_checkpoint
+
+    cfg = collect(args, DictTrainConfig, {})
+    ck = load_checkpoint(args.model)
+    model = ck.model
+    out_hook = args.out_hook or args.hook
+    widths = hook_widths(model, [args.hook, out_hook])
+    ks = args.k if args.arch in ("topk", "batchtopk") else args.k[:1]
+    cfgs = [DictConfig(arch=args.arch, hook=args.hook, out_hook=out_hook, d_in=widths[args.hook],
+                       d_out=widths[out_hook], width=w, k=k, skip=args.skip)
+            for w, k in itertools.product(args.width, ks)]
+    data = checkpoint_tokens(ck, _cache(args))
+    store = None
+    ctx = distributed.init_from_env(str(next(model.parameters()).device))  # no-op unless under torchrun
+    if args.store is not None:
+        hooks = sorted({args.hook, out_hook})
+        seqs = max(1, cfg.buffer_tokens // model.cfg.n_ctx)
+        src = ModelActivations(model, data.train, hooks, seqs, cfg.seed, cfg.model_batch)
+        n_chunks = max(1, -(-(args.store_tokens or cfg.tokens) // src.chunk_tokens))
+        key = store_key(weights_fingerprint(model), data.fingerprint, hooks, seqs, cfg.seed, n_chunks)
+        if ctx.is_main:  # rank 0 writes the store; the others then find it complete and reuse it
+            with console.status(f"storing activations in {args.store}"):
+                store_activations(src, args.store, n_chunks, key)
+        ctx.barrier()
+        store = store_activations(src, args.store, n_chunks, key).folder
+    names = ", ".join(c.name for c in cfgs)
+    console.print(f"[bold]Training {len(cfgs)} dictionar{'y' if len(cfgs) == 1 else 'ies'}[/] ({names}) on "
+                  f"{args.hook}{' -> ' + out_hook if out_hook != args.hook else ''}: {cfg.steps} steps of "
+                  f"{cfg.batch_size} tokens -> {args.out}")
+    progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    meta = {"model": str(ck.path), "model_name": Path(ck.path).name, "context_size": model.cfg.n_ctx}
+    with progress:
+        task = progress.add_task("train", total=cfg.steps, stats="")
+
+        def on_step(r) -> None:  # noqa: ANN001
+            s = r.dicts[0]
+            more = f" (+{len(r.dicts) - 1})" if len(r.dicts) > 1 else ""
+            stats = (f"{s.name}{more}: FVU {s.fvu:.3f}  L0 {s.l0:.1f}  dead {s.dead_frac:.1%}  "
+                     f"{r.tokens_per_s:,.0f} tok/s")
+            progress.update(task, completed=r.step, stats=stats)
+
+        result = train_dictionaries(model, data.train, cfgs, cfg, args.out, resume=args.resume, store=store,
+                                    meta=meta, on_step=on_step)
+    table = Table(title=f"dictionaries after {result.step} steps (training batch)")
+    for col in ("dictionary", "FVU", "L0", "dead", "folder"):
+        table.add_column(col, justify="left" if col in ("dictionary", "folder") else "right")
+    for s in result.stats:
+        table.add_row(s.name, f"{s.fvu:.3f}", f"{s.l0:.1f}", f"{s.dead_frac:.1%}", str(result.paths.get(s.name, "")))
+    console.print(table)
+    return 0
+
+
+def cmd_eval_dict(args: argparse.Namespace, console: Console) -> int:
+    from sparsecircuits.dictionaries import evaluate_dictionary, load_dictionary
+    from sparsecircuits.dictionaries.activations import checkpoint_tokens
+    from sparsecircuits.model.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(args.model)
+    windows = _windows(ck.model, checkpoint_tokens(ck, _cache(args)), args.batches, args.batch_size)
+    table = Table(title=f"dictionaries spliced into {ck.path}")
+    cols = ("dictionary", "L0", "FVU", "CE clean", "CE spliced", "KL", "recovered (zero)", "recovered (mean)",
+            "dead", "dense")
+    for col in cols:
+        table.add_column(col, justify="left" if col == "dictionary" else "right")
+    results = {}
+    t0 = time.perf_counter()
+    for folder in args.dictionary:
+        d = load_dictionary(folder)
+        with console.status(f"evaluating {folder}"):
+            ev = evaluate_dictionary(ck.model, d, windows)
+        results[str(folder)] = ev.to_dict()
+        table.add_row(str(folder), f"{ev.l0:.1f}", f"{ev.fvu:.3f}", f"{ev.ce_clean:.3f}", f"{ev.ce_spliced:.3f}",
+                      f"{ev.kl_spliced:.3f}", f"{ev.recovered_zero:.1%}", f"{ev.recovered_mean:.1%}",
+                      f"{ev.dead_frac:.1%}", f"{ev.dense_frac:.1%}")
+    console.print(table)
+    console.print(f"{sum(len(w) for w in windows) * ck.model.cfg.n_ctx:,} tokens, {time.perf_counter() - t0:.0f} s")
+    if args.json is not None:
+        from sparsecircuits.atomic import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_features(args: argparse.Namespace, console: Console) -> int:
+    from sparsecircuits.dictionaries import (
+        dictionary_source,
+        feature_examples,
+        load_dictionary,
+        neuron_source,
+        save_feature_examples,
+    )
+    from sparsecircuits.dictionaries.activations import checkpoint_tokens
+    from sparsecircuits.model.checkpoint import load_checkpoint
+
+    ck = load_checkpoint(args.model)
+    windows = [w[:, :-1] for w in _windows(ck.model, checkpoint_tokens(ck, _cache(args)), args.batches, args.batch_size)]
+    source = dictionary_source(load_dictionary(args.dictionary)) if args.dictionary else neuron_source(ck.model, args.neurons)
+    with console.status(f"top contexts of {source.width} features"):
+        ex = feature_examples(ck.model, source, windows, k=args.top, context=args.context)
+    save_feature_examples(ex, args.out)
+    alive = int((ex.density > 0).sum())
+    console.print(f"{source.width} features ({alive} fire) over {ex.n_tokens:,} tokens -> {args.out}")
+    return 0
+
+
+def cmd_convert_dict(args: argparse.Namespace, console: Console) -> int:
+    import warnings
+
+    from sparsecircuits.dictionaries import convert_pickle
+
+    console.print(f"[yellow]warning[/]: {args.pickle} is a pickle; it is read with torch.load(weights_only=True) "
+                  "(no code from it runs), but only convert files from a source you trust")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        path = convert_pickle(args.pickle, args.out, args.hook, args.out_hook)
+    console.print(f"converted {args.pickle} -> {path}")
+    return 0
+
+
+COMMANDS = {"train-dict": cmd_train_dict, "eval-dict": cmd_eval_dict, "features": cmd_features,
+            "convert-dict": cmd_convert_dict}
+
+__all__ = ["COMMANDS", "add_parsers"]

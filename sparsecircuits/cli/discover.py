@@ -1,0 +1,258 @@
+"""CLI commands for component circuits: `discover`, `compare-circuits`, `heads` (rendering only; the work
+is in `discover/`). `--model` takes one of our checkpoints (or run folders) or a Hugging Face folder /
+cached name (`model/load.py`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from sparsecircuits.graph import Circuit, edge_iou, intersect, node_iou
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    from sparsecircuits.cli.app import add_config_flags
+    from sparsecircuits.component_circuits.methods import METHODS, DiscoverConfig
+
+    d = sub.add_parser("discover", help="find a component circuit (heads, MLPs, edges) for a task")
+    _model_task_flags(d)
+    methods = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
+    d.add_argument("--method", choices=list(METHODS), default="eap-ig", help=f"discovery method ({methods}) (default: eap-ig)")
+    d.add_argument("--out", type=Path, required=True, help="circuit JSON to write (opens in `sparsecircuits view`)")
+    d.add_argument("--filter", action=argparse.BooleanOptionalAction, default=True,
+                   help="keep only prompts the model solves with p(correct) > 2 p(incorrect) (Lan et al.) (default: on)")
+    d.add_argument("--curve", action=argparse.BooleanOptionalAction, default=True,
+                   help="report faithfulness at MIB edge fractions, CPR, CMD and completeness (default: on)")
+    d.add_argument("--bootstrap", type=int, default=3, help="bootstrap resamples for edge-set stability; 0 = off (default: 3)")
+    d.add_argument("--cache-dir", type=Path, default=None, help="cache for `--method prune` (mean activations)")
+    add_config_flags(d, DiscoverConfig, "discovery")
+    c = sub.add_parser("compare-circuits", help="node/edge IoU of circuits; with --model, the cross-task faithfulness matrix")
+    c.add_argument("circuits", type=Path, nargs="+", help="circuit JSON files (two or more)")
+    c.add_argument("--model", default=None, help="model the circuits came from (enables the faithfulness matrix)")
+    c.add_argument("--n-examples", type=int, default=64, help="examples per task for the faithfulness matrix")
+    c.add_argument("--ablation", default=None, help="ablation for the matrix (default: the circuits' own, which must then agree)")
+    c.add_argument("--out", type=Path, default=None, help="write the shared core (intersection) circuit here")
+    h = sub.add_parser("heads", help="head roles on a task: attention by position type, OV successor/copy, logit lens")
+    _model_task_flags(h)
+    h.add_argument("--top", type=int, default=10, help="heads to list per column (default: 10)")
+
+
+def _model_task_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="our checkpoint / run folder, or a Hugging Face folder or cached name")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--task", help="a built-in task (see `sparsecircuits tasks`)")
+    src.add_argument("--task-file", type=Path, help="a JSONL task: prompt, correct, incorrect[, counterfactual]")
+    p.add_argument("--n-examples", type=int, default=64, help="examples of a built-in task (default: 64)")
+
+
+def load_model(name: str):  # noqa: ANN201
+    """(model, tokenizer, checkpoint-or-None) from our checkpoint or a Hugging Face folder / name."""
+    from sparsecircuits.data.tokenizer import load_tokenizer
+    from sparsecircuits.model.checkpoint import load_checkpoint
+    from sparsecircuits.model.load import load_pretrained
+
+    path = Path(name)
+    cfg = path / "config.json"
+    ours = path.exists() and (not cfg.exists() or "model_type" not in json.loads(cfg.read_text()))
+    if ours:
+        ck = load_checkpoint(path)
+        if ck.tokenizer_path is None:
+            raise ValueError(f"{ck.path} has no tokenizer.json; tasks need the model's tokenizer")
+        return ck.model.eval(), load_tokenizer(ck.tokenizer_path), ck
+    pre = load_pretrained(name)
+    if pre.tokenizer is None:
+        raise ValueError(f"{pre.path} has no tokenizer.json; tasks need the model's tokenizer")
+    return pre.model.eval(), pre.tokenizer, None
+
+
+def _task(args: argparse.Namespace, model, tok, name: str | None = None):  # noqa: ANN001, ANN202
+    from sparsecircuits.tasks.base import load_jsonl_task, load_task
+
+    if name is None and getattr(args, "task_file", None):
+        return load_jsonl_task(args.task_file, tok, model.cfg.n_ctx)
+    return load_task(name or args.task, tok, model.cfg.n_ctx, args.n_examples)
+
+
+def cmd_discover(args: argparse.Namespace, console: Console) -> int:
+    from sparsecircuits.cli.app import collect
+    from sparsecircuits.component_circuits.methods import DiscoverConfig, discover, get_method
+    from sparsecircuits.evaluate import filter_solved
+
+    cfg = collect(args, DiscoverConfig, {})
+    model, tok, ck = load_model(args.model)
+    data = _task(args, model, tok)
+    if args.filter:
+        n0 = len(data)
+        data = filter_solved(model, data)
+        console.print(f"{data.name}: {len(data)} of {n0} prompts solved with p(correct) > 2 p(incorrect)")
+    if get_method(args.method).granularity == "channel":
+        return _prune(args, console, ck, data)
+    t0 = time.perf_counter()
+    with console.status(f"{args.method} on {data.name}"):
+        circuit = discover(model, data, args.method, cfg)
+    md = circuit.metadata
+    md["model"], md["seconds"] = str(args.model), time.perf_counter() - t0
+    console.print(f"{data.name} / {args.method}: {md['n_nodes']} heads+MLPs, {md['n_edges']} of {md['n_graph_edges']} edges; "
+                  f"logit diff full {md['full_metric']:.3f}, circuit {md['circuit_metric']:.3f}, empty {md['empty_metric']:.3f}; "
+                  f"faithfulness {md['faithfulness']:.3f}; {md['seconds']:.1f} s")
+    if args.curve or args.bootstrap:
+        _report_quality(args, console, model, data, cfg, circuit)
+    circuit.save(args.out)
+    console.print(f"-> {args.out} (open with `sparsecircuits view {args.out}`)")
+    return 0
+
+
+def _report_quality(args, console, model, data, cfg, circuit) -> None:  # noqa: ANN001
+    from sparsecircuits.component_circuits.evaluation import (
+        bootstrap_stability,
+        completeness,
+        faithfulness_curve,
+    )
+    from sparsecircuits.component_circuits.methods import get_method
+    from sparsecircuits.component_circuits.prepare import prepare
+
+    task = prepare(model, data, cfg.ablation, cfg.seed, cfg.batch_masks)
+    md = circuit.metadata
+    if args.curve:
+        scores = get_method(args.method).score(task, cfg).edges  # type: ignore[misc]
+        curve = faithfulness_curve(task, scores)
+        md["curve"] = {"fractions": curve.fractions, "faithfulness": curve.signed, "faithfulness_abs": curve.absolute}
+        md["cpr"], md["cmd"], md["completeness"] = curve.cpr, curve.cmd, completeness(task, circuit)
+        table = Table(title="faithfulness at edge fractions (MIB)")
+        table.add_column("edges")
+        for f in curve.fractions:
+            table.add_column(f"{100 * f:g}%", justify="right")
+        table.add_row("signed rank", *(f"{v:.2f}" for v in curve.signed))
+        table.add_row("|score| rank", *(f"{v:.2f}" for v in curve.absolute))
+        console.print(table)
+        console.print(f"CPR {curve.cpr:.3f} (higher better), CMD {curve.cmd:.3f} (0 best), completeness {md['completeness']:.3f} (0 best)")
+    if args.bootstrap:
+        md["bootstrap_jaccard"] = bootstrap_stability(task, args.method, cfg, args.bootstrap)
+        console.print(f"bootstrap stability: mean edge Jaccard {md['bootstrap_jaccard']:.3f} over {args.bootstrap} resamples")
+
+
+def _prune(args: argparse.Namespace, console: Console, ck, data) -> int:  # noqa: ANN001
+    from sparsecircuits.ablation import checkpoint_means
+    from sparsecircuits.cli.app import default_cache_dir
+    from sparsecircuits.data.tokenizer import load_tokenizer
+    from sparsecircuits.weight_sparse.prune import PruneConfig, prune_task
+
+    if ck is None:
+        raise ValueError("--method prune needs one of our checkpoints (mean activations over its pretraining corpus)")
+    cfg = PruneConfig()
+    assert ck.tokenizer_path is not None
+    means = checkpoint_means(ck.model, ck.meta, load_tokenizer(ck.tokenizer_path), args.cache_dir or default_cache_dir())
+    with console.status(f"pruning {data.name} (defaults; `sparsecircuits prune` takes every option)"):
+        result = prune_task(ck.model, data, cfg, means)
+    result.circuit.metadata["model"] = str(ck.path)
+    result.circuit.save(args.out)
+    console.print(f"{data.name}: {result.circuit.metadata['n_nodes']} channel nodes -> {args.out}")
+    return 0
+
+
+def cmd_compare_circuits(args: argparse.Namespace, console: Console) -> int:
+    if len(args.circuits) < 2:
+        raise ValueError("compare-circuits needs two or more circuit files")
+    circuits = [Circuit.load(p) for p in args.circuits]
+    names = [f"{c.metadata.get('task', p.stem)}:{c.metadata.get('method', '?')}" for c, p in zip(circuits, args.circuits)]
+    for title, fn in (("node IoU", node_iou), ("edge IoU", edge_iou)):
+        table = Table(title=title)
+        table.add_column("")
+        for n in names:
+            table.add_column(n, justify="right")
+        for n, a in zip(names, circuits):
+            table.add_row(n, *(f"{fn(a, b):.2f}" for b in circuits))
+        console.print(table)
+    core = intersect(circuits)
+    shared = [f"{n.layer}.{n.index}" if n.kind == "head" else f"MLP{n.layer}" for n in core.nodes if n.kind in ("head", "mlp")]
+    console.print(f"shared core: {len(shared)} heads+MLPs ({' '.join(shared) or 'none'}), "
+                  f"{sum(1 for e in core.edges if e.kind == 'residual')} edges")
+    if args.model:
+        _faithfulness_matrix(args, console, circuits, names, core)
+    if args.out:
+        core.save(args.out)
+        console.print(f"shared core -> {args.out}")
+    return 0
+
+
+def _faithfulness_matrix(args, console, circuits, names, core) -> None:  # noqa: ANN001
+    from sparsecircuits.component_circuits.evaluation import circuit_faithfulness, cross_task_matrix
+    from sparsecircuits.component_circuits.prepare import prepare
+    from sparsecircuits.evaluate import filter_solved
+
+    # one baseline for the whole matrix: a task is prepared once, so circuits found under different
+    # ablations would silently be scored under the first one's
+    ablations = sorted({str(c.metadata.get("ablation", "counterfactual")) for c in circuits})
+    if args.ablation is None and len(ablations) > 1:
+        raise ValueError(f"the circuits were found under different ablations ({', '.join(ablations)}); "
+                         "pass --ablation to score them all under one")
+    ablation = args.ablation or ablations[0]
+    model, tok, _ = load_model(args.model)
+    tasks = {}
+    for c in circuits:
+        name = str(c.metadata.get("task"))
+        if name not in tasks:
+            data = filter_solved(model, _task(args, model, tok, name))
+            tasks[name] = prepare(model, data, ablation)
+    matrix = cross_task_matrix(tasks, dict(zip(names, circuits)))
+    table = Table(title="faithfulness of circuit (row) on task (column)")
+    table.add_column("circuit")
+    for t in tasks:
+        table.add_column(t, justify="right")
+    for n in names:
+        table.add_row(n, *(f"{matrix[n][t]:.2f}" for t in tasks))
+    table.add_row("shared core", *(f"{circuit_faithfulness(tasks[t], core):.2f}" for t in tasks))
+    console.print(table)
+
+
+def single_token_members(tok, members: tuple[str, ...]) -> list[int] | None:  # noqa: ANN001
+    """Token ids of the longest initial run of members that are single tokens after a space (OV
+    successor scores need consecutive members; a BPE may split ' 10' but not ' 1'-' 9'), or None when
+    fewer than two are."""
+    ids = []
+    for m in members:
+        t = tok.encode(" " + m, add_special_tokens=False).ids
+        if len(t) != 1:
+            break
+        ids.append(t[0])
+    return ids if len(ids) >= 2 else None
+
+
+def cmd_heads(args: argparse.Namespace, console: Console) -> int:
+    from sparsecircuits.component_circuits.head_roles import POSITION_TYPES, head_roles
+    from sparsecircuits.tasks.sequences import MEMBERS
+
+    model, tok, _ = load_model(args.model)
+    data = _task(args, model, tok)
+    members = single_token_members(tok, MEMBERS[args.task]) if args.task in MEMBERS else None
+    if args.task in MEMBERS:
+        if members is None:
+            console.print("OV scores skipped: the first two members are not single tokens in this tokenizer")
+        elif len(members) < len(MEMBERS[args.task]):
+            console.print(f"OV scores over the first {len(members)} members (the later ones are several tokens)")
+    roles = head_roles(model, data, members)
+    for j, kind in enumerate(POSITION_TYPES):
+        att = roles.attention[..., j]
+        top = att.flatten().topk(min(args.top, att.numel()))
+        console.print(f"attention to {kind}: " + ", ".join(
+            f"{i // att.shape[1]}.{i % att.shape[1]} {v:.2f}" for v, i in zip(top.values.tolist(), top.indices.tolist())))
+    if roles.successor is not None and roles.copy is not None:
+        for title, s in (("OV successor", roles.successor), ("OV copy", roles.copy)):
+            top = s.flatten().topk(min(args.top, s.numel()))
+            console.print(f"{title} (top-5 share): " + ", ".join(
+                f"{i // s.shape[1]}.{i % s.shape[1]} {v:.2f}" for v, i in zip(top.values.tolist(), top.indices.tolist())))
+    table = Table(title="logit lens at the last position")
+    for col in ("layer", "logit diff", "correct > incorrect"):
+        table.add_column(col, justify="right")
+    for L, (d, c) in enumerate(zip(roles.lens_diff, roles.lens_correct)):
+        table.add_row(str(L), f"{d:.2f}", f"{c:.2f}")
+    console.print(table)
+    return 0
+
+
+COMMANDS = {"discover": cmd_discover, "compare-circuits": cmd_compare_circuits, "heads": cmd_heads}

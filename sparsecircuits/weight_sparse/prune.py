@@ -1,0 +1,306 @@
+"""Learned-mask pruning of Gao et al. (2025), "Weight-sparse transformers have interpretable
+circuits" (arXiv 2511.13653), Section "Pruning".
+
+Nodes are the scalar channels of the eight sites per layer (`ablation.prune_sites`). Steps:
+  1. one gate parameter tau per node, initialised N(init_mean, init_std) with init_mean > 0, so
+     every node starts on;
+  2. each step, on a batch of task examples: mask = H(tau) (Heaviside forward; backward the
+     sigmoid derivative sigma'(tau / T) / T, a straight-through estimator); pruned nodes take their
+     baseline (mean over pretraining data by default, zero, or the counterfactual activation);
+     loss = task BCE + k_coef * (number of active nodes); AdamW with gradient clipping and linear lr
+     decay; tau clamped to [-1, 1];
+  3. discretise: order nodes by tau (averaged over the second half of training, ties -- e.g. nodes
+     pinned at the +1 clamp -- broken by accumulated task-loss gradient), and bisect on k for the smallest circuit of the top-k nodes
+     whose task loss on held-out examples is <= target_loss (default 0.15 nats; for a model whose own
+     held-out loss is above that, full loss + target_slack, recorded as `target_loss_used`); optionally with a
+     logit scale + per-answer-token shift fitted by 16 LBFGS steps ("calibration");
+  4. report the circuit: nodes with their single-node ablation effect (metric(circuit) - metric(circuit
+     without the node), mean logit difference; exact, many nodes per batched forward), edges = nonzero weights between kept nodes plus the
+     residual identities (`weight_edges.circuit_edges`), and the losses of the circuit, the full
+     model and the empty circuit, the bisection trace and the hyperparameters.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from sparsecircuits.ablation import BASELINES, NodeSite, prune_sites
+from sparsecircuits.config_utils import opt, require_at_least
+from sparsecircuits.evaluate import Evaluation, MaskedTask
+from sparsecircuits.graph import Circuit, Node
+from sparsecircuits.model.transformer import Transformer
+from sparsecircuits.tasks.base import TaskData, task_loss
+from sparsecircuits.weight_sparse.weight_edges import circuit_edges
+
+
+@dataclass
+class PruneConfig:
+    steps: int = opt(300, "optimisation steps of the gate parameters")
+    batch_size: int = opt(64, "task examples per step")
+    lr: float = opt(0.01, "AdamW peak learning rate for the gates (linear decay to 0)")
+    k_coef: float = opt(1e-4, "penalty per active node, in nats")
+    weight_decay: float = opt(1e-3, "AdamW weight decay on the gates")
+    beta2: float = opt(0.95, "AdamW beta2")
+    grad_clip: float = opt(1.0, "gradient-norm clipping")
+    temperature: float = opt(1.0, "temperature of the sigmoid-derivative surrogate gradient")
+    init_mean: float = opt(0.1, "mean of the gate initialisation (> 0: all nodes on)")
+    init_std: float = opt(0.01, "std of the gate initialisation")
+    target_loss: float = opt(0.15, "task loss (nats) the discretised circuit must reach")
+    target_slack: float = opt(0.05, "when the full model's held-out loss is above target_loss, aim for full loss + this instead")
+    baseline: str = opt("mean", f"value of pruned nodes: {' | '.join(BASELINES)}")
+    calibrate: bool = opt(False, "fit a logit scale and per-answer shift (16 LBFGS steps) when evaluating")
+    effect_examples: int = opt(32, "held-out examples used for each node's single-ablation effect")
+    max_effect_nodes: int = opt(512, "compute node effects (one forward per node) only for circuits up to this size")
+    seed: int = opt(0, "seed of the gate initialisation and batch order")
+
+    def __post_init__(self) -> None:
+        require_at_least(self, 1, "steps", "batch_size")
+        if self.baseline not in BASELINES:
+            raise ValueError(f"PruneConfig.baseline must be one of {BASELINES}, got {self.baseline!r}")
+        if self.target_slack < 0:
+            raise ValueError(f"PruneConfig.target_slack must be >= 0, got {self.target_slack}")
+        if self.init_mean <= 0 or self.temperature <= 0 or self.lr <= 0 or self.target_loss <= 0:
+            raise ValueError("PruneConfig.init_mean, temperature, lr and target_loss must be > 0")
+
+
+class _HeavisideSTE(torch.autograd.Function):
+    """H(tau) forward; sigma'(tau / T) / T backward."""
+
+    @staticmethod
+    def forward(ctx: Any, tau: Tensor, temperature: float) -> Tensor:
+        ctx.save_for_backward(tau)
+        ctx.temperature = temperature
+        return (tau > 0).to(tau.dtype)
+
+    @staticmethod
+    def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None]:
+        (tau,) = ctx.saved_tensors
+        s = torch.sigmoid(tau / ctx.temperature)
+        return grad * s * (1 - s) / ctx.temperature, None
+
+
+def _masks_from_flat(flat: Tensor, sites: list[NodeSite]) -> dict[str, Tensor]:
+    out, start = {}, 0
+    for s in sites:
+        out[s.hook] = flat[start : start + s.size].view(s.shape)
+        start += s.size
+    return out
+
+
+@dataclass
+class Gates:
+    """The outcome of gate training: final gates and the statistics that order nodes for bisection."""
+
+    tau: Tensor  # final gate parameters, flat in site order
+    tau_avg: Tensor  # mean of tau over the second half of training
+    importance: Tensor  # sum over steps of -d(task loss)/d(gate): how much keeping the node helped
+
+    def order(self) -> Tensor:
+        """Nodes from most to least kept: by tau averaged over the second half of training (a node held
+        at the +1 clamp throughout ranks above one that got there late), ties (e.g. all nodes pinned at
+        +1) broken by accumulated importance, not by site order."""
+        by_importance = torch.argsort(self.importance, descending=True, stable=True)
+        return by_importance[torch.argsort(self.tau_avg[by_importance], descending=True, stable=True)]
+
+
+def train_gates(task: MaskedTask, cfg: PruneConfig, on_step: Any = None) -> Gates:
+    """Steps 1-2: optimise one gate per node (nodes in site order)."""
+    g = torch.Generator().manual_seed(cfg.seed)
+    n_nodes = sum(s.size for s in task.sites)
+    tau = (cfg.init_mean + cfg.init_std * torch.randn(n_nodes, generator=g)).requires_grad_(True)
+    opt_ = torch.optim.AdamW([tau], lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: max(0.0, 1 - s / cfg.steps))
+    tau_sum, importance, n_avg = torch.zeros(n_nodes), torch.zeros(n_nodes), 0
+    for step in range(cfg.steps):
+        pick = torch.randint(len(task.data), (min(cfg.batch_size, len(task.data)),), generator=g)
+        gate = _HeavisideSTE.apply(tau, cfg.temperature)
+        diff = task.diff(_masks_from_flat(gate, task.sites), pick)
+        loss = task_loss(diff) + cfg.k_coef * gate.sum()
+        opt_.zero_grad()
+        loss.backward()
+        with torch.no_grad():  # the penalty's share of the surrogate gradient is k_coef * sigma'(tau/T) / T
+            sig = torch.sigmoid(tau / cfg.temperature)
+            importance -= tau.grad - cfg.k_coef * sig * (1 - sig) / cfg.temperature
+        torch.nn.utils.clip_grad_norm_([tau], cfg.grad_clip)
+        opt_.step()
+        sched.step()
+        with torch.no_grad():
+            tau.clamp_(-1.0, 1.0)
+            if step >= cfg.steps // 2:
+                tau_sum += tau
+                n_avg += 1
+        if on_step is not None:
+            on_step(step + 1, cfg.steps, float(loss.detach()), int((tau > 0).sum()))
+    return Gates(tau.detach(), tau_sum / max(1, n_avg), importance)
+
+
+@dataclass
+class Bisection:
+    k: int  # nodes in the circuit
+    reached: bool  # whether loss <= target was reached (False: k = all nodes)
+    trace: list[dict[str, float]]  # every (k, loss, accuracy) evaluated, in order
+    evaluation: Evaluation  # the circuit of the top-k nodes on the task
+
+
+def bisect_k(task: MaskedTask, order: Tensor, target: float, calibrate: bool,
+             known: dict[int, Evaluation] | None = None) -> Bisection:
+    """Step 3: smallest k whose top-k circuit has task loss <= target (bisection, assumes monotone).
+    `known` holds evaluations already made on `task` with the same `calibrate` (e.g. k = all nodes
+    and k = 0, the full model and the empty circuit): they are reused, not run again."""
+    n = len(order)
+    trace: list[dict[str, float]] = []
+    cache: dict[int, Evaluation] = dict(known or {})
+
+    def loss_at(k: int) -> float:
+        if k not in cache:
+            flat = torch.zeros(n)
+            flat[order[:k]] = 1.0
+            cache[k] = task.evaluate(_masks_from_flat(flat, task.sites), calibrate)
+        ev = cache[k]
+        if all(t["k"] != k for t in trace):
+            trace.append({"k": k, "loss": ev.loss, "accuracy": ev.accuracy, "logit_diff": ev.logit_diff})
+        return ev.loss
+
+    def done(k: int, reached: bool) -> Bisection:
+        loss_at(k)
+        return Bisection(k, reached, trace, cache[k])
+
+    if loss_at(n) > target:
+        return done(n, False)
+    lo, hi = 0, n  # invariant: loss(hi) <= target; loss(lo) > target unless lo == 0 and it passes
+    if loss_at(0) <= target:
+        return done(0, True)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if loss_at(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return done(hi, True)
+
+
+def kept_nodes(flat_on: Tensor, sites: list[NodeSite]) -> list[Node]:
+    nodes, start = [], 0
+    for s in sites:
+        for i in torch.nonzero(flat_on[start : start + s.size]).flatten().tolist():
+            nodes.append(Node(s.hook, int(i), s.kind, s.layer))
+        start += s.size
+    return nodes
+
+
+@torch.no_grad()
+def node_effects(task: MaskedTask, flat_on: Tensor, max_rows: int = 1024) -> dict[str, float]:
+    """Score of each kept node: mean logit diff of the circuit minus that of the circuit without it.
+
+    Exact single-node ablations, several nodes of one layer per forward pass (each on its own copy
+    of the examples, at most `max_rows` rows per pass). Ablating a node of layer L changes nothing
+    before block L, so the residual entering block L under the circuit is computed once and each
+    pass starts there (`MaskedTask.block_inputs`): about half the work of full passes."""
+    circuit = _masks_from_flat(flat_on, task.sites)
+    base = float(task.diff(circuit).mean())
+    kept = torch.nonzero(flat_on).flatten()
+    site_layer = torch.tensor([s.layer for s in task.sites for _ in range(s.size)], dtype=torch.long)
+    layers = sorted(set(site_layer[kept].tolist()))
+    starts = task.block_inputs(circuit, layers) if layers else {}
+    chunk = max(1, max_rows // max(1, len(task.data)))
+    effects = torch.zeros(len(kept))
+    for layer in layers:
+        here = torch.nonzero(site_layer[kept] == layer).flatten()  # positions in `kept`, site order
+        for part in here.split(chunk):
+            rows = flat_on.repeat(len(part), 1)
+            rows[torch.arange(len(part)), kept[part]] = 0.0
+            stacked = {s.hook: m for s, m in zip(task.sites, _masks_from_rows(rows, task.sites)) if s.layer >= layer}
+            effects[part] = base - task.diff_stacked(stacked, start=(layer, starts[layer])).mean(1)
+    return {n.id: v for n, v in zip(kept_nodes(flat_on, task.sites), effects.tolist())}
+
+
+def _masks_from_rows(rows: Tensor, sites: list[NodeSite]) -> list[Tensor]:
+    """[c, n_nodes] flat masks -> one [c, *shape] mask per site."""
+    out, start = [], 0
+    for s in sites:
+        out.append(rows[:, start : start + s.size].reshape(len(rows), *s.shape))
+        start += s.size
+    return out
+
+
+def split_indices(n: int, seed: int, eval_frac: float = 0.5) -> tuple[Tensor, Tensor]:
+    """Deterministic train/held-out split of example indices."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed + 7919))
+    n_eval = max(1, int(n * eval_frac))
+    return perm[n_eval:], perm[:n_eval]
+
+
+@dataclass
+class PruneResult:
+    circuit: Circuit
+    gates: Gates  # final gate parameters and the node order, flat in site order
+    bisection: Bisection
+    full: Evaluation  # held-out examples, full model
+    empty: Evaluation  # held-out examples, every node ablated
+    in_circuit: Evaluation  # held-out examples, the circuit
+
+
+def prune_task(
+    model: Transformer,
+    data: TaskData,
+    cfg: PruneConfig,
+    means: dict[str, Tensor] | None = None,
+    sites: list[NodeSite] | None = None,
+    on_step: Any = None,
+) -> PruneResult:
+    """Learned-mask pruning of one task (steps 1-4 of the module docstring)."""
+    sites = sites if sites is not None else prune_sites(model)
+    train_idx, eval_idx = split_indices(len(data), cfg.seed)
+    requires = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(False)
+    try:
+        train = MaskedTask(model, data.subset(train_idx), cfg.baseline, means, sites)
+        held = MaskedTask(model, data.subset(eval_idx), cfg.baseline, means, sites)
+        gates = train_gates(train, cfg, on_step)
+        order = gates.order()
+        ones = {s.hook: torch.ones(s.shape) for s in sites}
+        zeros = {s.hook: torch.zeros(s.shape) for s in sites}
+        full, empty = held.evaluate(ones, cfg.calibrate), held.evaluate(zeros, cfg.calibrate)
+        target = cfg.target_loss if full.loss <= cfg.target_loss else full.loss + cfg.target_slack
+        bis = bisect_k(held, order, target, cfg.calibrate, known={len(order): full, 0: empty})
+        flat_on = torch.zeros(len(order))
+        flat_on[order[: bis.k]] = 1.0
+        nodes = kept_nodes(flat_on, sites)
+        scores: dict[str, float] = {}
+        if bis.k <= cfg.max_effect_nodes:
+            few = MaskedTask(model, data.subset(eval_idx[: cfg.effect_examples]), cfg.baseline, means, sites)
+            scores = node_effects(few, flat_on)
+        circ = bis.evaluation
+    finally:
+        for p, r in zip(model.parameters(), requires):
+            p.requires_grad_(r)
+    answers = torch.cat([data.correct, data.incorrect]).tolist()
+    extra, edges = circuit_edges(model, nodes, sites, answers)
+    metadata = {
+        "task": data.name,
+        "method": "learned-mask pruning (Gao et al. 2025)",
+        "n_nodes": len(nodes),
+        "n_edges": len(edges),
+        "reached_target": bis.reached,
+        "target_loss_used": target,
+        "node_effects": "single-node ablation from the circuit, mean logit difference"
+        if scores else f"not computed: circuit larger than max_effect_nodes={cfg.max_effect_nodes}",
+        "losses": {"circuit": circ.loss, "full": full.loss, "empty": empty.loss},
+        "accuracy": {"circuit": circ.accuracy, "full": full.accuracy, "empty": empty.accuracy},
+        "logit_diff": {"circuit": circ.logit_diff, "full": full.logit_diff, "empty": empty.logit_diff},
+        "bisection": bis.trace,
+        "hyperparameters": dataclasses.asdict(cfg),
+        "n_examples": {"train": len(train_idx), "held_out": len(eval_idx)},
+        "answer_tokens": list(data.answer_strings),
+        "sites": [dataclasses.asdict(s) for s in sites],
+    }
+    metadata = json.loads(json.dumps(metadata))  # JSON-native (lists, not tuples): a reload compares equal
+    circuit = Circuit(nodes + extra, edges, scores, metadata)
+    return PruneResult(circuit, gates, bis, full, empty, circ)

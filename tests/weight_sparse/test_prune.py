@@ -1,0 +1,237 @@
+"""Learned-mask pruning (Gao et al.) against ground truth on a hand-built model."""
+
+import pytest
+import torch
+
+from sparsecircuits.ablation import circuit_masks, mean_activations, prune_sites
+from sparsecircuits.graph import Circuit
+from sparsecircuits.model import ModelConfig, Transformer
+from sparsecircuits.tasks.base import Example, TaskData
+from sparsecircuits.weight_sparse.prune import MaskedTask, PruneConfig, _masks_from_flat, bisect_k, prune_task
+
+T0, T1, FILL, ANS_A, ANS_B = 0, 1, (2, 3), 4, 5
+TRUE_NODES = {"blocks.0.ln2.hook_normalized[0]", "blocks.0.mlp.hook_post[0]", "blocks.0.hook_mlp_out[1]"}
+
+
+def hand_built_model() -> Transformer:
+    """1 layer, d_model 8. The answer (A after T0, B after T1) is computed by one path only:
+    embedding channel 0 = 1 for T0, 0 otherwise -> MLP read channel 0 -> neuron 0 = relu(x0) ->
+    MLP write channel 1 = 4 * neuron 0 -> logits A - B = 4 * ch1 (after the final norm) - 5 (bias).
+    Attention writes only to channels 2..7 and the unembedding reads only channel 1, so every other
+    node is irrelevant (up to RMSNorm scales), and each of the three path nodes is necessary under
+    mean, zero and counterfactual ablation alike (no node on the path is redundant)."""
+    torch.manual_seed(0)
+    cfg = ModelConfig(d_model=8, n_layers=1, n_heads=2, d_head=4, d_mlp=6, d_vocab=6, n_ctx=8, act="relu",
+                      act_sparsity_sites=(), bigram_table=False, bias_qkv=False, bias_attn_out=False, bias_mlp=False,
+                      bias_unembed=True)
+    model = Transformer(cfg)
+    with torch.no_grad():
+        model.W_E.normal_(0, 0.1)
+        model.W_E[:, :2] = 0
+        model.W_E[T0, 0] = 1.0
+        att, mlp = model.blocks[0].attn, model.blocks[0].mlp
+        for W in (att.W_Q, att.W_K, att.W_V, att.W_O):
+            W.normal_(0, 0.3)
+        att.W_O[:2] = 0  # attention never writes channels 0, 1
+        mlp.W_in.normal_(0, 0.3)
+        mlp.W_in[:, 0] = 0
+        mlp.W_in[0] = 0
+        mlp.W_in[0, 0] = 1.0  # only neuron 0 reads channel 0, and it reads nothing else
+        mlp.W_out.normal_(0, 0.3)
+        mlp.W_out[:2] = 0
+        mlp.W_out[:, 0] = 0
+        mlp.W_out[1, 0] = 4.0  # channel 1 is written by neuron 0 only
+        model.W_U.zero_()
+        model.W_U[ANS_A, 1], model.W_U[ANS_B, 1] = 2.0, -2.0
+        model.b_U.zero_()
+        model.b_U[ANS_B] = 5.0
+    return model
+
+
+def hand_task(n: int = 128) -> TaskData:
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.tensor(FILL)[torch.randint(0, 2, (n, 4), generator=g)]
+    last = torch.randint(0, 2, (n,), generator=g)
+    tokens[:, -1] = torch.where(last == 0, T0, T1)
+    cf = tokens.clone()
+    cf[:, -1] = torch.where(last == 0, T1, T0)
+    correct = torch.where(last == 0, ANS_A, ANS_B)
+    incorrect = torch.where(last == 0, ANS_B, ANS_A)
+    examples = [Example(str(t.tolist()), str(int(c)), str(int(i))) for t, c, i in zip(tokens, correct, incorrect)]
+    return TaskData("hand", examples, tokens, torch.full((n,), 4), correct, incorrect, cf, ("A", "B"), 0)
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = hand_built_model()
+    g = torch.Generator().manual_seed(1)
+    means = mean_activations(model, [torch.randint(0, 4, (16, 8), generator=g)])
+    return model, hand_task(), means
+
+
+@pytest.mark.parametrize("baseline", ["mean", "zero", "counterfactual"])
+def test_pruning_recovers_the_known_node_set(setup, baseline):
+    model, data, means = setup
+    result = prune_task(model, data, PruneConfig(steps=150, baseline=baseline, lr=0.02), means=means)
+    circuit = result.circuit
+    channel_nodes = {n.id for n in circuit.nodes if n.kind not in ("embed", "logit")}
+    assert channel_nodes == TRUE_NODES
+    md = circuit.metadata
+    assert md["losses"]["circuit"] <= 0.15
+    assert md["losses"]["empty"] > 0.6  # no information: at least ~log 2
+    assert md["losses"]["full"] <= md["losses"]["circuit"] + 0.05
+    # every true node matters: its single ablation lowers the logit difference a lot
+    for node_id in TRUE_NODES:
+        assert circuit.scores[node_id] > 0.5, (node_id, circuit.scores[node_id])
+
+
+def test_edges_follow_the_nonzero_weights(setup):
+    model, data, means = setup
+    circuit = prune_task(model, data, PruneConfig(steps=150, lr=0.02), means=means).circuit
+    edges = {(e.src, e.dst, e.kind) for e in circuit.edges}
+    expected = {
+        ("hook_embed[0]", "blocks.0.ln2.hook_normalized[0]", "residual"),
+        ("blocks.0.ln2.hook_normalized[0]", "blocks.0.mlp.hook_post[0]", "weight"),
+        ("blocks.0.mlp.hook_post[0]", "blocks.0.hook_mlp_out[1]", "weight"),
+        ("blocks.0.hook_mlp_out[1]", f"logits[{ANS_A}]", "weight"),
+        ("blocks.0.hook_mlp_out[1]", f"logits[{ANS_B}]", "weight"),
+    }
+    assert edges == expected
+    assert circuit.metadata["n_edges"] == 5
+
+
+def test_circuit_reloaded_from_json_gives_the_same_loss(setup, tmp_path):
+    model, data, means = setup
+    result = prune_task(model, data, PruneConfig(steps=150, lr=0.02), means=means)
+    result.circuit.save(tmp_path / "c.json")
+    again = Circuit.load(tmp_path / "c.json")
+    assert again.to_dict() == result.circuit.to_dict()
+    sites = prune_sites(model)
+    from sparsecircuits.weight_sparse.prune import split_indices
+    _, eval_idx = split_indices(len(data), 0)
+    held = MaskedTask(model, data.subset(eval_idx), "mean", means, sites)
+    ev = held.evaluate(circuit_masks(again, sites))
+    assert ev.loss == pytest.approx(result.circuit.metadata["losses"]["circuit"], abs=1e-6)
+
+
+def test_prune_config_validation():
+    with pytest.raises(ValueError, match="PruneConfig.baseline"):
+        PruneConfig(baseline="median")
+    with pytest.raises(ValueError, match="PruneConfig.steps"):
+        PruneConfig(steps=0)
+
+
+@pytest.mark.parametrize("baseline", ["mean", "zero", "counterfactual"])
+def test_batched_node_effects_equal_one_ablation_at_a_time(setup, baseline):
+    from sparsecircuits.weight_sparse.prune import _masks_from_flat, node_effects
+
+    model, data, means = setup
+    sites = prune_sites(model)
+    task = MaskedTask(model, data.subset(slice(0, 12)), baseline, means, sites)
+    n = sum(s.size for s in sites)
+    flat_on = (torch.rand(n, generator=torch.Generator().manual_seed(3)) < 0.6).float()
+    got = node_effects(task, flat_on, max_rows=40)  # several chunks, the last one partial
+    kept = torch.nonzero(flat_on).flatten().tolist()
+    assert len(got) == len(kept)
+    with torch.no_grad():
+        base = float(task.diff(_masks_from_flat(flat_on, sites)).mean())
+        for (node_id, value), i in zip(got.items(), kept):
+            off = flat_on.clone()
+            off[i] = 0.0
+            want = base - float(task.diff(_masks_from_flat(off, sites)).mean())
+            assert value == pytest.approx(want, abs=1e-5), node_id
+
+
+def test_target_above_the_full_models_loss_is_relaxed_to_full_plus_slack(setup):
+    model, data, means = setup
+    cfg = PruneConfig(steps=150, lr=0.02, target_loss=1e-6, target_slack=0.05)
+    md = prune_task(model, data, cfg, means=means).circuit.metadata
+    assert md["losses"]["full"] > 1e-6
+    assert md["target_loss_used"] == pytest.approx(md["losses"]["full"] + 0.05)
+    assert md["reached_target"] and md["losses"]["circuit"] <= md["target_loss_used"]
+    assert md["n_nodes"] < 40  # still a small circuit, not the whole model
+
+
+def _ragged_task(baseline: str, n: int = 40, width: int = 12) -> tuple[Transformer, MaskedTask, torch.Generator]:
+    """A random 2-layer model with AbsTopK and a task whose prompts have 3 to `width` tokens."""
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32, d_vocab=20, n_ctx=16,
+                                    act_sparsity=0.5))
+    g = torch.Generator().manual_seed(2)
+    lengths = torch.randint(3, width + 1, (n,), generator=g)
+    pad = torch.arange(width) >= lengths.unsqueeze(1)
+    tokens = torch.randint(0, 20, (n, width), generator=g).masked_fill(pad, 0)
+    cf = torch.randint(0, 20, (n, width), generator=g).masked_fill(pad, 0)
+    correct, incorrect = torch.randint(0, 20, (n,), generator=g), torch.randint(0, 20, (n,), generator=g)
+    data = TaskData("ragged", [Example("p", "c", "i")] * n, tokens, lengths, correct, incorrect, cf, ("c", "i"), 0)
+    means = mean_activations(model, [torch.randint(0, 20, (8, 16), generator=g)])
+    return model, MaskedTask(model, data, baseline, means, prune_sites(model)), g
+
+
+@pytest.mark.parametrize("baseline", ["mean", "zero", "counterfactual"])
+def test_node_effects_resumed_per_layer_equal_full_single_ablations(baseline):
+    """node_effects starts each pass at the ablated node's block from the circuit's cached block
+    input; on ragged prompts in a 2-layer model that must equal full-forward single ablations."""
+    from sparsecircuits.weight_sparse.prune import _masks_from_flat, node_effects
+
+    model, task, g = _ragged_task(baseline)
+    flat_on = (torch.rand(sum(s.size for s in task.sites), generator=g) < 0.3).float()
+    got = node_effects(task, flat_on, max_rows=200)  # several passes per layer
+    kept = torch.nonzero(flat_on).flatten().tolist()
+    assert len(got) == len(kept) and {n.split(".")[1] for n in got} >= {"0", "1"}
+    with torch.no_grad():
+        base = float(task.diff(_masks_from_flat(flat_on, task.sites)).mean())
+        for (node_id, value), i in zip(got.items(), kept):
+            off = flat_on.clone()
+            off[i] = 0.0
+            want = base - float(task.diff(_masks_from_flat(off, task.sites)).mean())
+            assert value == pytest.approx(want, abs=1e-5), node_id
+
+
+@pytest.mark.parametrize("baseline", ["mean", "counterfactual"])
+def test_length_sorted_chunks_equal_one_padded_forward(baseline):
+    """MaskedTask runs prompts sorted by length in chunks cut to their longest prompt; with right
+    padding that must give the logit differences of one forward over the whole padded batch, for
+    shared masks with gradients and for per-row stacked masks."""
+    from sparsecircuits.ablation import masked_hooks
+    from sparsecircuits.tasks.base import logit_diff
+    from sparsecircuits.weight_sparse.prune import _masks_from_flat, _masks_from_rows
+
+    model, task, g = _ragged_task(baseline)
+    data, sites, tokens, lengths = task.data, task.sites, task.data.tokens, task.data.lengths
+    n_nodes = sum(s.size for s in sites)
+    gate = (torch.rand(n_nodes, generator=g) < 0.7).float().requires_grad_(True)
+    masks = _masks_from_flat(gate, sites)
+    got = task.diff(masks)
+    with model.hooks(masked_hooks(masks, task.base)):
+        want = logit_diff(model(tokens, at=lengths - 1)[:, 0], data)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    (g_got,) = torch.autograd.grad(got.sum(), gate)
+    (g_want,) = torch.autograd.grad(want.sum(), gate)
+    torch.testing.assert_close(g_got, g_want, atol=1e-4, rtol=1e-4)
+    rows = (torch.rand(3, n_nodes, generator=g) < 0.7).float()
+    stacked = task.diff_stacked({s.hook: m for s, m in zip(sites, _masks_from_rows(rows, sites))})
+    for r in range(3):
+        torch.testing.assert_close(stacked[r], task.diff(_masks_from_flat(rows[r], sites)).detach(), atol=1e-5, rtol=1e-5)
+
+
+def test_bisection_reuses_known_evaluations_and_returns_the_circuits_own(setup):
+    model, data, means = setup
+    sites = prune_sites(model)
+    held = MaskedTask(model, data, "mean", means, sites)
+    n = sum(s.size for s in sites)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(0))
+    calls = []
+    evaluate = held.evaluate
+    held.evaluate = lambda masks, calibrate=False: calls.append(1) or evaluate(masks, calibrate)
+    full = evaluate({s.hook: torch.ones(s.shape) for s in sites})
+    empty = evaluate({s.hook: torch.zeros(s.shape) for s in sites})
+    fresh = bisect_k(held, order, 0.15, False)
+    n_fresh = len(calls)
+    reused = bisect_k(held, order, 0.15, False, known={n: full, 0: empty})
+    assert (reused.k, reused.reached, reused.trace) == (fresh.k, fresh.reached, fresh.trace)
+    assert [t["k"] for t in fresh.trace][:2] == [n, 0]  # the known ones are still listed in the trace
+    assert len(calls) - n_fresh == n_fresh - 2
+    flat = torch.zeros(n)
+    flat[order[: reused.k]] = 1.0
+    assert reused.evaluation.loss == evaluate(_masks_from_flat(flat, sites)).loss

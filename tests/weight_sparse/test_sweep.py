@@ -1,0 +1,160 @@
+"""Sweeps: grid expansion, validation, and a micro sweep end to end (resume, recompute, kill, CLI)."""
+
+import copy
+import json
+import shutil
+
+import pytest
+
+from sparsecircuits.cli.app import main
+from sparsecircuits.data.corpus import DataConfig
+from sparsecircuits.graph import geometric_mean
+from sparsecircuits.model.checkpoint import list_steps
+from sparsecircuits.viz.frontier import pareto, write_frontier_report
+from sparsecircuits.viz.plots import matplotlib_available
+from sparsecircuits.weight_sparse.prune import PruneConfig
+from sparsecircuits.weight_sparse.sweep import (
+    SweepConfig,
+    expand_grid,
+    load_state,
+    run_spec,
+    run_sweep,
+    summarise,
+)
+
+MICRO = dict(widths=(32,), weight_fracs=(0.25,), act_sparsities=(0.25,), n_layers=1, n_ctx=32, steps=20,
+             batch_size=4, val_batches=1, ckpt_every=5, tasks=("single_double_quote",), n_examples=16,
+             prune=PruneConfig(steps=3, batch_size=8, max_effect_nodes=0))
+SPARSE, DENSE = "d32-w0.25-a0.25", "d32-dense"
+
+
+def micro(corpus, **kw):
+    data = DataConfig(sources=(str(corpus),), vocab_size=1024, tokenizer_sample_mb=1.0)
+    return SweepConfig(**{**MICRO, "data": data, **kw})
+
+
+@pytest.fixture(scope="module")
+def swept(small_corpus, tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    cfg, events = micro(small_corpus), []
+    result = run_sweep(cfg, root / "a", root / "cache", on_event=events.append)
+    return cfg, root, result, events
+
+
+def test_grid_names_dense_baselines_and_specs():
+    cfg = SweepConfig(widths=(32, 64), weight_fracs=(0.25, 0.0625), act_sparsities=(0.25, 1.0))
+    runs = expand_grid(cfg)
+    assert [r.name for r in runs] == [
+        "d32-w0.25-a0.25", "d32-w0.25-aoff", "d32-w0.0625-a0.25", "d32-w0.0625-aoff", "d32-dense",
+        "d64-w0.25-a0.25", "d64-w0.25-aoff", "d64-w0.0625-a0.25", "d64-w0.0625-aoff", "d64-dense"]
+    dense = [r for r in runs if r.dense]
+    assert [r.width for r in dense] == [32, 64] and all(r.act_sparsity == 1.0 for r in dense)
+    spec = run_spec(cfg, runs[7])
+    assert (spec.model.d_model, spec.model.n_heads, spec.model.d_mlp, spec.model.act_sparsity) == (64, 4, 256, 0.25)
+    assert spec.train.weight_frac == 0.0625 and spec.train.embed_frac == 0.125 and not spec.train.dense
+    assert run_spec(cfg, runs[4]).train.dense and not run_spec(cfg, runs[4]).model.sparse_at("q")
+    assert not run_spec(cfg, runs[1]).model.sparse_at("q")  # act sparsity 1 = off
+    # same nonzeros per matrix at every width: the fraction shrinks with the square of the width
+    same = expand_grid(SweepConfig(widths=(32, 64), weight_fracs=(0.25,), match_nonzeros=True, dense_baselines=False))
+    assert [(r.name, r.weight_frac) for r in same] == [("d32-w0.25-a0.25", 0.25), ("d64-w0.0625-a0.25", 0.0625)]
+    assert len(expand_grid(SweepConfig(widths=("32",), weight_fracs=(), dense_baselines=True))) == 1  # CLI strings
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(widths=(40,)), "widths"),
+    (dict(widths=()), "widths"),
+    (dict(weight_fracs=(1.0,)), "weight_fracs"),
+    (dict(weight_fracs=(0.25, 0.25)), "duplicates"),
+    (dict(act_sparsities=(0.0,)), "act_sparsities"),
+    (dict(weight_fracs=(), dense_baselines=False), "empty grid"),
+    (dict(tasks=()), "tasks"),
+    (dict(tasks=("no_such_task",)), "unknown task"),
+    (dict(steps=0), "steps"),
+    (dict(preset="huge"), "unknown preset"),
+])
+def test_config_validation(kw, match):
+    with pytest.raises(ValueError, match=match):
+        SweepConfig(**kw)
+
+
+def test_micro_sweep_writes_state_and_frontier(swept):
+    cfg, root, result, events = swept
+    assert result.complete and [r.run.name for r in result.rows] == [SPARSE, DENSE]
+    state = load_state(root / "a")
+    assert state["format"] == "sparsecircuits-sweep-v1" and state["complete"]
+    assert SweepConfig(**state["config"]) == cfg  # the saved config reloads equal
+    for r, saved in zip(result.rows, state["runs"]):
+        assert r.trained and r.step == 20 and isinstance(r.val_loss, float)
+        t = r.tasks["single_double_quote"]
+        assert (root / "a" / "runs" / r.run.name / "circuits" / "single_double_quote.json").exists()
+        assert saved["tasks"]["single_double_quote"]["n_edges"] == t.n_edges
+        assert r.geomean_all == geometric_mean([float(t.n_edges)]) and t.empty_loss > 0
+    assert result.rows[0].hidden_kept < 0.3 and result.rows[1].hidden_kept == 1.0
+    page = write_frontier_report(result)
+    text = page.read_text()
+    assert SPARSE in text and "<script" not in text and "http" not in text.split("<body>")[1]
+    assert (root / "a" / "frontier.png").exists() == matplotlib_available()
+
+
+def test_rerun_is_a_noop_and_a_deleted_circuit_is_recomputed(swept):
+    cfg, root, result, _ = swept
+    events = []
+    again = run_sweep(cfg, root / "a", root / "cache", on_event=events.append)
+    assert events == [] and again.complete
+    assert [r.val_loss for r in again.rows] == [r.val_loss for r in result.rows]
+    (root / "a" / "runs" / DENSE / "circuits" / "single_double_quote.json").unlink()
+    third = run_sweep(cfg, root / "a", root / "cache", on_event=events.append)
+    assert [e.split(":")[0] for e in events] == [DENSE, DENSE] and "pruning" in events[0]
+    assert third.rows[1].tasks["single_double_quote"].n_edges == result.rows[1].tasks["single_double_quote"].n_edges
+
+
+def test_killed_sweep_resumes_to_the_same_result(swept):
+    cfg, root, result, _ = swept
+    out = root / "killed"
+    part = run_sweep(cfg, out, root / "cache", should_stop=lambda name, step: name == SPARSE and step == 13)
+    assert not part.complete and part.rows[0].step == 13 and not part.rows[0].trained
+    assert load_state(out)["runs"][0]["step"] == 13
+    assert [p.name for p in list_steps(out / "runs" / SPARSE)] == ["step-0000010"]
+    events = []
+    done = run_sweep(cfg, out, root / "cache", on_event=events.append)
+    assert f"{SPARSE}: resuming from step 10" in events and f"{DENSE}: training" in events
+    assert done.complete
+    # batches depend only on (seed, step): the resumed sweep reproduces the uninterrupted one
+    assert [r.val_loss for r in done.rows] == [r.val_loss for r in result.rows]
+    metrics = [json.loads(x)["step"] for x in (out / "runs" / SPARSE / "metrics.jsonl").read_text().splitlines()]
+    assert metrics == [10, 20]
+
+
+def test_changed_settings_are_refused_but_the_grid_may_grow(swept):
+    cfg, root, _, _ = swept
+    with pytest.raises(ValueError, match="steps"):
+        run_sweep(micro(cfg.data.sources[0], steps=30), root / "a", root / "cache")
+    grown = root / "grown"
+    shutil.copytree(root / "a", grown)
+    events = []
+    res = run_sweep(micro(cfg.data.sources[0], dense_baselines=False), grown, root / "cache", on_event=events.append)
+    assert events == [] and [r.run.name for r in res.rows] == [SPARSE]
+
+
+def test_summary_uses_only_tasks_every_model_reaches(swept):
+    rows = copy.deepcopy(swept[2].rows)
+    t = rows[0].tasks["single_double_quote"]
+    for r in rows:
+        r.tasks["extra"] = type(t)(**{**t.__dict__, "task": "extra", "reached": True, "n_edges": 100})
+    rows[0].tasks["single_double_quote"].reached = True
+    rows[1].tasks["single_double_quote"].reached = False
+    assert summarise(rows, ("single_double_quote", "extra")) == ["extra"]
+    assert rows[0].geomean_common == pytest.approx(100.0)
+    assert pareto([(3.0, 10.0), (2.0, 50.0), (4.0, 5.0), (3.5, 20.0)]) == [(2.0, 50.0), (3.0, 10.0), (4.0, 5.0)]
+
+
+def test_cli_sweep_prints_the_table(swept, capsys):
+    cfg, root, _, _ = swept
+    args = ["sweep", "--out", str(root / "a"), "--cache-dir", str(root / "cache"), "--widths", "32",
+            "--weight-fracs", "0.25", "--n-layers", "1", "--n-ctx", "32", "--steps", "20", "--batch-size", "4",
+            "--val-batches", "1", "--ckpt-every", "5", "--tasks", "single_double_quote", "--n-examples", "16",
+            "--sources", cfg.data.sources[0], "--vocab-size", "1024", "--tokenizer-sample-mb", "1.0",
+            "--prune-steps", "3", "--prune-batch-size", "8", "--prune-max-effect-nodes", "0"]
+    assert main(args) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert SPARSE in out and DENSE in out and "frontier.html" in out
