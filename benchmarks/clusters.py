@@ -36,9 +36,9 @@ def main() -> None:
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks/results/clusters.json")
     args = p.parse_args()
 
-    from sparsecircuits.cli.app import default_cache_dir
     from sparsecircuits.cli.clusters import run_clusters, write_outputs
-    from sparsecircuits.cli.feature_circuits import load_dictionaries
+    from sparsecircuits.cli.common import default_cache_dir
+    from sparsecircuits.cli.loading import load_dictionaries
     from sparsecircuits.data.batches import val_windows
     from sparsecircuits.data.tokenizer import load_tokenizer
     from sparsecircuits.dictionaries.activations import checkpoint_tokens

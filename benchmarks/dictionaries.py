@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from sparsecircuits.ablation import weights_fingerprint  # noqa: E402
 from sparsecircuits.atomic import atomic_write_text  # noqa: E402
-from sparsecircuits.cli.app import default_cache_dir  # noqa: E402
+from sparsecircuits.cli.common import default_cache_dir  # noqa: E402
 from sparsecircuits.data.batches import val_windows  # noqa: E402
 from sparsecircuits.dictionaries import (  # noqa: E402
     DictConfig,

@@ -2,7 +2,7 @@
 
 import sys
 
-from sparsecircuits.cli.app import main
+from sparsecircuits.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -28,12 +28,10 @@ from jaxtyping import Float
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from sparsecircuits.ablation_names import ABLATIONS, BASELINES  # noqa: F401  (defined without torch, re-exported)
 from sparsecircuits.graph import Circuit
 from sparsecircuits.model.hooks import HookFn, HookPoint
 from sparsecircuits.model.transformer import Transformer
-
-BASELINES = ("mean", "zero", "counterfactual")
-ABLATIONS = ("mean", "position-mean", "zero", "counterfactual", "resample")  # component-graph baselines
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ import sys
 import tarfile
 from pathlib import Path
 
-from sparsecircuits.cli.app import default_cache_dir
+from sparsecircuits.cli.common import default_cache_dir
 from sparsecircuits.data.batches import prepare_data
 from sparsecircuits.data.corpus import DataConfig, corpus_fingerprint, stdlib_dir, stdlib_files
 from sparsecircuits.weight_sparse.presets import get_preset

@@ -8,7 +8,7 @@ T0=$(date +%s); export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD OMP_NUM_THREADS=1
 log() { echo "[$(( $(date +%s) - T0 ))s] $*"; }
 nvidia-smi -L; python3 -c "import torch,tokenizers,safetensors,rich,jaxtyping,numpy;print('torch',torch.__version__,torch.cuda.is_available())"
 mkdir -p /tmp/py311 && tar -xJf .devcarry/py311.tar.xz -C /tmp/py311 && cp -r .devcarry/cache /tmp/sccache || exit 3
-(python3 -m pytest -q -p no:cacheprovider tests/test_sparsity.py > $OUT/pytest-sparsity.log 2>&1; echo "pytest rc=$?" >> $OUT/pytest-sparsity.log) &
+(python3 -m pytest -q -p no:cacheprovider tests/model/test_sparsity.py > $OUT/pytest-sparsity.log 2>&1; echo "pytest rc=$?" >> $OUT/pytest-sparsity.log) &
 BS=64; PREC=${PREC:-auto}
 TR="python3 -m sparsecircuits train --preset quickstart --sources /tmp/py311 --cache-dir /tmp/sccache --batch-size $BS --seed 0"
 probe() { $TR --precision $1 --steps ${PROBE_STEPS:-300} --val-every 0 --ckpt-every 0 --log-every 10 --out /tmp/probe-s > /tmp/probe-s.log 2>&1 & $TR --precision $1 --dense --steps ${PROBE_STEPS:-300} --val-every 0 --ckpt-every 0 --log-every 10 --out /tmp/probe-d > /tmp/probe-d.log 2>&1; a=$?; wait $!; b=$?; return $((a+b)); }

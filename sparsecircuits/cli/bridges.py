@@ -16,24 +16,21 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from sparsecircuits.cli.common import ParserBuilder, add_config_flags, cache_dir, collect, command_parser
+from sparsecircuits.model.config import ModelConfig
+from sparsecircuits.weight_sparse.config import MODES, BridgeConfig, TrainConfig
+from sparsecircuits.weight_sparse.presets import PRESETS, get_preset
+
 # Defaults when continuing an already weight-sparse checkpoint: it is at its target L0 from step 0,
 # and a smaller peak lr than pretraining keeps what it learned while the bridges fit.
 FINETUNE_DEFAULTS: dict[str, Any] = dict(steps=500, batch_size=16, anneal_start=0.0, anneal_end=0.0,
                                          val_every=100, ckpt_every=100, val_batches=2)
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register the bridge subcommands on the main parser's subparsers."""
-    from sparsecircuits.cli.app import add_config_flags
-    from sparsecircuits.weight_sparse.bridges import BridgeConfig
-    from sparsecircuits.weight_sparse.bridges_intervene import MODES
-    from sparsecircuits.weight_sparse.presets import PRESETS
-    from sparsecircuits.weight_sparse.train import TrainConfig
-
+def _train_bridges_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
     # conflict_handler="resolve": our --dense (the dense checkpoint) takes the flag from TrainConfig.dense,
     # whose --no-dense stays (the default: the sparse model is weight-sparse).
-    t = sub.add_parser("train-bridges", help="train bridges between a dense model and a weight-sparse model, jointly "
-                       "with the sparse model (Gao et al. 2025)", conflict_handler="resolve")
+    t = command_parser(sub, name, help, conflict_handler="resolve")
     add_config_flags(t, TrainConfig, "training")
     add_config_flags(t, BridgeConfig, "bridges")
     t.add_argument("--dense", type=Path, required=True, help="the dense checkpoint (frozen)")
@@ -46,8 +43,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--resume", action=argparse.BooleanOptionalAction, default=False,
                    help="continue from the newest checkpoint in --out (default: off)")
     t.add_argument("--cache-dir", type=Path, default=None, help="token cache (default: $SPARSECIRCUITS_CACHE)")
-    i = sub.add_parser("bridge-intervene", help="edit sparse residual channels and carry the edit into the dense "
-                       "model through the bridges; compare the task logit-difference changes")
+
+
+def _bridge_intervene_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    i = command_parser(sub, name, help)
     i.add_argument("--bridges", type=Path, required=True, help="bridge checkpoint or bridge run folder")
     i.add_argument("--dense", type=Path, default=None, help="dense checkpoint (default: the one in bridges.json)")
     i.add_argument("--task", required=True, help="a built-in task (see `sparsecircuits tasks`)")
@@ -57,7 +56,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     ch.add_argument("--circuit", type=Path, help="circuit JSON of the sparse model: edit its residual channels at --site")
     ch.add_argument("--top-channels", type=int, help="edit the N channels with the largest direct effect in the sparse "
                     "model, chosen on the selection half of the prompts")
-    i.add_argument("--mode", choices=MODES, default="ablate", help="ablate (set to --baseline) or steer (add --alpha)")
+    i.add_argument("--mode", choices=MODES, default="ablate",
+                   help="ablate (set to --baseline) or steer (add --alpha) (default: ablate)")
     i.add_argument("--alpha", type=float, default=0.0, help="steer: value added to each channel (default: 0)")
     i.add_argument("--baseline", choices=["mean", "zero"], default="mean",
                    help="ablate: the sparse model's mean activation over its corpus, or zero (default: mean)")
@@ -67,22 +67,12 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     i.add_argument("--cache-dir", type=Path, default=None, help="token / mean-activation cache")
 
 
-def _cache(args: argparse.Namespace) -> Path:
-    from sparsecircuits.cli.app import default_cache_dir
-
-    return args.cache_dir or default_cache_dir()
-
-
 def _setup(args: argparse.Namespace, console: Console):  # noqa: ANN202
-    from sparsecircuits.cli.app import collect
     from sparsecircuits.dictionaries.activations import checkpoint_tokens
     from sparsecircuits.model.checkpoint import load_checkpoint
-    from sparsecircuits.model.config import ModelConfig
     from sparsecircuits.model.transformer import Transformer
     from sparsecircuits.weight_sparse.bridges import check_compatible
     from sparsecircuits.weight_sparse.bridges_train import BridgeSetup
-    from sparsecircuits.weight_sparse.presets import get_preset
-    from sparsecircuits.weight_sparse.train import TrainConfig
 
     dense_ck = load_checkpoint(args.dense)
     if args.sparse_init is not None:
@@ -109,15 +99,13 @@ def _setup(args: argparse.Namespace, console: Console):  # noqa: ANN202
         progress.update(tasks[stage], completed=done, total=max(total, 1))
 
     with progress:
-        data = checkpoint_tokens(dense_ck, _cache(args), on_data)
+        data = checkpoint_tokens(dense_ck, cache_dir(args), on_data)
     setup = BridgeSetup(dense_ck.model, str(dense_ck.path.resolve()), sparse, init, data.train, data.val,
                         data.tokenizer.to_str(), dense_ck.meta.get("spec", {}).get("data"))
     return setup, train
 
 
 def cmd_train_bridges(args: argparse.Namespace, console: Console) -> int:
-    from sparsecircuits.cli.app import collect
-    from sparsecircuits.weight_sparse.bridges import BridgeConfig
     from sparsecircuits.weight_sparse.bridges_train import BridgeStepReport, train_bridges
 
     setup, train = _setup(args, console)
@@ -165,7 +153,7 @@ def _intervention(args: argparse.Namespace, lb: Any, select: Any, console: Conso
     if args.mode == "ablate" and args.baseline == "mean":
         tok = load_tokenizer(lb.sparse_checkpoint.tokenizer_path)
         with console.status("mean activations of the sparse model over its corpus"):
-            baseline = checkpoint_means(lb.sparse, lb.sparse_checkpoint.meta, tok, _cache(args))[args.site]
+            baseline = checkpoint_means(lb.sparse, lb.sparse_checkpoint.meta, tok, cache_dir(args))[args.site]
     if args.channels:
         channels = args.channels
     elif args.circuit:
@@ -215,4 +203,5 @@ def cmd_bridge_intervene(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+PARSERS: dict[str, ParserBuilder] = {"train-bridges": _train_bridges_parser, "bridge-intervene": _bridge_intervene_parser}
 COMMANDS = {"train-bridges": cmd_train_bridges, "bridge-intervene": cmd_bridge_intervene}

@@ -10,31 +10,81 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from sparsecircuits.cli.common import (
+    ParserBuilder,
+    add_config_flags,
+    cache_dir,
+    collect,
+    command_parser,
+    train_model,
+)
 from sparsecircuits.graph import compare_sizes, geometric_mean, load_circuit_dir
+from sparsecircuits.weight_sparse.config import QUICKSTART_PRUNE, PruneConfig
 
 
-def _cache(args: argparse.Namespace) -> Path:
-    from sparsecircuits.cli.app import default_cache_dir
+def _quickstart_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    p = command_parser(sub, name, help)
+    p.add_argument("--out", type=Path, default=Path("quickstart-report"), help="report folder (default: quickstart-report)")
+    p.add_argument("--retrain", action=argparse.BooleanOptionalAction, default=False,
+                   help="train both models from scratch (preset quickstart, ~1 h each on 2 CPU cores) instead of the "
+                        "shipped ones (default: off)")
+    p.add_argument("--tasks", nargs="*", default=None, help="tasks to run (default: all)")
+    p.add_argument("--n-examples", type=int, default=256, help="examples per task (half train, half held out) (default: 256)")
+    p.add_argument("--solve-threshold", type=float, default=0.9,
+                   help="accuracy of the sparse model from which a task counts as solved and is pruned (default: 0.9)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="cache (default: $SPARSECIRCUITS_CACHE or ~/.cache/sparsecircuits)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="prunes run at once, each in its own process (default: 0 = one per CPU core; 1 = in-process)")
+    add_config_flags(p, PruneConfig, "pruning", defaults=QUICKSTART_PRUNE)
 
-    return args.cache_dir or default_cache_dir()
+
+def _prune_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    p = command_parser(sub, name, help)
+    p.add_argument("checkpoint", type=Path, help="checkpoint folder or run folder")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--task", help="a built-in task (see `sparsecircuits tasks`)")
+    src.add_argument("--task-file", type=Path, help="a JSONL task: prompt, correct, incorrect[, counterfactual]")
+    p.add_argument("--out", type=Path, required=True, help="circuit JSON to write")
+    p.add_argument("--n-examples", type=int, default=256, help="examples of a built-in task (default: 256)")
+    p.add_argument("--cache-dir", type=Path, default=None, help="cache for tokens and mean activations")
+    add_config_flags(p, PruneConfig, "pruning")
+
+
+def _compare_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    p = command_parser(sub, name, help)
+    p.add_argument("sparse", type=Path, help="folder of the sparse model's circuit JSONs")
+    p.add_argument("dense", type=Path, help="folder of the dense model's circuit JSONs")
+
+
+def _tasks_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    p = command_parser(sub, name, help)
+    p.add_argument("checkpoint", type=Path, nargs="?", default=None, help="checkpoint to evaluate")
+    p.add_argument("--n-examples", type=int, default=256, help="examples per task (default: 256)")
+    p.add_argument("--seed", type=int, default=0, help="seed the task examples are drawn with (default: 0)")
+    p.add_argument("--exclude-seed", type=int, default=None,
+                   help="leave out every example whose prompt or counterfactual occurs among the candidates of the "
+                        "--exclude-n examples drawn at this seed (a validation set disjoint from the default evaluation)")
+    p.add_argument("--exclude-n", type=int, default=256, help="size of the excluded set (with --exclude-seed; default: 256)")
+    p.add_argument("--json", type=Path, default=None,
+                   help="with a checkpoint or --model: also write each task's accuracy, loss and answer tokens to this JSON file")
+    p.add_argument("--model", default=None,
+                   help="evaluate a Hugging Face model instead: a local folder or a name in the HF cache "
+                        "(downloaded only if online and huggingface_hub is installed)")
 
 
 def cmd_quickstart(args: argparse.Namespace, console: Console) -> int:
-    from sparsecircuits.cli.app import collect
-    from sparsecircuits.weight_sparse.prune import PruneConfig
-    from sparsecircuits.weight_sparse.quickstart import ASSETS, QUICKSTART_PRUNE, run_quickstart
+    from sparsecircuits.cli.console import StageBars, stage_progress
+    from sparsecircuits.viz.report import QuickstartPages
+    from sparsecircuits.weight_sparse.quickstart import ASSETS, run_quickstart
 
     cfg = collect(args, PruneConfig, QUICKSTART_PRUNE)
     sparse, dense = ASSETS / "sparse", ASSETS / "dense"
     if args.retrain:
         sparse, dense = _retrain(args, console)
     console.print(f"[bold]sparsecircuits quickstart[/]: circuits in {sparse} vs its dense twin -> {args.out}")
-    from sparsecircuits.cli.console import StageBars, stage_progress
-    from sparsecircuits.viz.report import QuickstartPages
-
-    pages = QuickstartPages(args.out, _cache(args), {"sparse": sparse, "dense": dense}, on_event=console.log)
+    pages = QuickstartPages(args.out, cache_dir(args), {"sparse": sparse, "dense": dense}, on_event=console.log)
     with stage_progress(console) as bars:
-        report = run_quickstart(args.out, _cache(args), sparse, dense, args.tasks, cfg, args.n_examples, args.solve_threshold,
+        report = run_quickstart(args.out, cache_dir(args), sparse, dense, args.tasks, cfg, args.n_examples, args.solve_threshold,
                                 on_event=console.log, workers=args.workers, progress=StageBars(bars),
                                 on_circuit=pages.circuit)
     table = Table(title=f"Task circuits, weight-sparse vs dense (pruned to task loss <= {cfg.target_loss} nats)")
@@ -63,21 +113,18 @@ def cmd_quickstart(args: argparse.Namespace, console: Console) -> int:
 
 
 def _retrain(args: argparse.Namespace, console: Console) -> tuple[Path, Path]:
-    from sparsecircuits.cli.app import cmd_train
-
     runs = Path(args.out) / "models"
     for dense in (False, True):
         name = "dense" if dense else "sparse"
         console.print(f"retraining the {name} model (preset quickstart)")
         targs = argparse.Namespace(preset="quickstart", out=runs / name, resume=(runs / name).exists(),
                                    cache_dir=args.cache_dir, **{"TrainConfig.dense": dense})
-        cmd_train(targs)
+        train_model(targs, console)
     return runs / "sparse", runs / "dense"
 
 
 def cmd_prune(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.ablation import checkpoint_means
-    from sparsecircuits.cli.app import collect
     from sparsecircuits.data.tokenizer import load_tokenizer
     from sparsecircuits.model.checkpoint import load_checkpoint
     from sparsecircuits.tasks.base import load_jsonl_task, load_task
@@ -90,7 +137,7 @@ def cmd_prune(args: argparse.Namespace, console: Console) -> int:
     tok = load_tokenizer(ck.tokenizer_path)
     n_ctx = ck.model.cfg.n_ctx
     data = load_jsonl_task(args.task_file, tok, n_ctx) if args.task_file else load_task(args.task, tok, n_ctx, args.n_examples)
-    means = checkpoint_means(ck.model, ck.meta, tok, _cache(args)) if cfg.baseline == "mean" else None
+    means = checkpoint_means(ck.model, ck.meta, tok, cache_dir(args)) if cfg.baseline == "mean" else None
     t0 = time.perf_counter()
     with console.status(f"pruning {data.name}") as status:
         result = prune_task(ck.model, data, cfg, means,
@@ -177,3 +224,8 @@ def cmd_tasks(args: argparse.Namespace, console: Console) -> int:
         atomic_write_text(out_json, json.dumps(record, indent=1))
         console.print(f"wrote {out_json}")
     return 0
+
+
+PARSERS: dict[str, ParserBuilder] = {"quickstart": _quickstart_parser, "prune": _prune_parser,
+                                     "compare": _compare_parser, "tasks": _tasks_parser}
+COMMANDS = {"quickstart": cmd_quickstart, "prune": cmd_prune, "compare": cmd_compare, "tasks": cmd_tasks}

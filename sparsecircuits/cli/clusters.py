@@ -11,14 +11,14 @@ from pathlib import Path
 
 from rich.console import Console
 
+from sparsecircuits.cli.common import ParserBuilder, add_config_flags, cache_dir, collect, command_parser
+from sparsecircuits.cli.console import StageBars, stage_progress
+from sparsecircuits.cli.loading import load_dictionaries
+from sparsecircuits.feature_circuits.config import ClusterConfig, FeatureCircuitConfig
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from sparsecircuits.cli.app import add_config_flags
-    from sparsecircuits.feature_circuits.circuit import FeatureCircuitConfig
-    from sparsecircuits.feature_circuits.clusters import ClusterConfig
 
-    p = sub.add_parser("clusters", help="cluster well-predicted contexts and find one feature circuit per cluster "
-                                        "(Marks et al. 2025)")
+def _clusters_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    p = command_parser(sub, name, help)
     p.add_argument("--model", type=Path, required=True, help="checkpoint folder (our format, with tokenizer.json)")
     p.add_argument("--dicts", type=Path, nargs="+", required=True,
                    help="dictionary folders (e.g. from `train-dict`), or folders holding several")
@@ -85,14 +85,9 @@ def write_outputs(out: Path, tok, ctx, km, circuits, n_shown: int, notes: list[s
 def cmd_clusters(args: argparse.Namespace, console: Console) -> int:
     import torch
 
-    from sparsecircuits.cli.app import collect, default_cache_dir
-    from sparsecircuits.cli.console import StageBars, stage_progress
-    from sparsecircuits.cli.feature_circuits import load_dictionaries
     from sparsecircuits.data.batches import val_windows
     from sparsecircuits.data.tokenizer import load_tokenizer
     from sparsecircuits.dictionaries.activations import checkpoint_tokens
-    from sparsecircuits.feature_circuits.circuit import FeatureCircuitConfig
-    from sparsecircuits.feature_circuits.clusters import ClusterConfig
     from sparsecircuits.feature_circuits.dictionary_graph import make_sites
     from sparsecircuits.model.checkpoint import load_checkpoint
 
@@ -104,7 +99,7 @@ def cmd_clusters(args: argparse.Namespace, console: Console) -> int:
     model, tok = ck.model.eval(), load_tokenizer(ck.tokenizer_path)
     device = next(model.parameters()).device
     sites = make_sites(model, [d.to(device) for d in load_dictionaries(args.dicts)], embed=True)
-    data = checkpoint_tokens(ck, args.cache_dir or default_cache_dir())
+    data = checkpoint_tokens(ck, cache_dir(args))
     n_ctx = model.cfg.n_ctx
     windows = [w[:, :n_ctx] for w in val_windows(data.val, -(-cfg.windows // 16), min(16, cfg.windows), n_ctx)]
     windows = list(torch.cat(windows)[: cfg.windows].split(16))  # exactly cfg.windows, in batches of 16
@@ -127,4 +122,5 @@ def cmd_clusters(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+PARSERS: dict[str, ParserBuilder] = {"clusters": _clusters_parser}
 COMMANDS = {"clusters": cmd_clusters}

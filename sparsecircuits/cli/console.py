@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from sparsecircuits.weight_sparse.info import CheckpointInfo
-from sparsecircuits.weight_sparse.run import StepReport
+if TYPE_CHECKING:  # types only: this module loads with the CLI, before (and often without) torch
+    from sparsecircuits.weight_sparse.info import CheckpointInfo
+    from sparsecircuits.weight_sparse.run import StepReport
 
 
 class TrainProgress:

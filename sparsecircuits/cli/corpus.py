@@ -9,19 +9,18 @@ from pathlib import Path
 
 from rich.console import Console
 
+from sparsecircuits.cli.common import ParserBuilder, add_config_flags, collect, command_parser
+from sparsecircuits.data.config import TaskCorpusConfig
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from sparsecircuits.cli.app import add_config_flags
-    from sparsecircuits.data.task_corpus import TaskCorpusConfig
 
-    p = sub.add_parser("task-corpus", help="write a JSONL corpus of sequence-continuation text (Lan et al.) to train on")
+def _task_corpus_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    p = command_parser(sub, name, help)
     p.add_argument("--out", type=Path, required=True, help="JSONL file to write (one {\"text\": ...} document per line)")
     add_config_flags(p, TaskCorpusConfig, "corpus")
 
 
 def cmd_task_corpus(args: argparse.Namespace, console: Console) -> int:
-    from sparsecircuits.cli.app import collect
-    from sparsecircuits.data.task_corpus import TaskCorpusConfig, write_task_corpus
+    from sparsecircuits.data.task_corpus import write_task_corpus
 
     cfg = collect(args, TaskCorpusConfig, {})
     stats = write_task_corpus(cfg, args.out)
@@ -34,4 +33,5 @@ def cmd_task_corpus(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+PARSERS: dict[str, ParserBuilder] = {"task-corpus": _task_corpus_parser}
 COMMANDS = {"task-corpus": cmd_task_corpus}

@@ -1,7 +1,8 @@
 """CLI commands for sparse dictionaries: `train-dict`, `eval-dict`, `features`, `convert-dict`.
 
-Rendering only; the work is in `sparsecircuits.dictionaries`. `--arch` choices come from the
-`ARCHITECTURES` registry and the training flags from `DictTrainConfig`. A sweep is several values
+Rendering only; the work is in `sparsecircuits.dictionaries`. `--arch` choices are the registry's
+names (`dictionaries/config.py: ARCHITECTURE_NAMES`, kept equal to `ARCHITECTURES` by a test) and the
+training flags come from `DictTrainConfig`. A sweep is several values
 of `--width` and/or `--k`: every combination is trained from one activation stream.
 """
 
@@ -17,18 +18,17 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from sparsecircuits.cli.common import ParserBuilder, add_config_flags, cache_dir, collect, command_parser
+from sparsecircuits.dictionaries.config import ARCHITECTURE_NAMES, DictTrainConfig
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    """Register the dictionary subcommands on the main parser's subparsers."""
-    from sparsecircuits.cli.app import add_config_flags
-    from sparsecircuits.dictionaries import ARCHITECTURES, DictTrainConfig
 
-    t = sub.add_parser("train-dict", help="train sparse dictionaries (SAEs / transcoders) on a model's activations")
+def _train_dict_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    t = command_parser(sub, name, help)
     t.add_argument("--model", type=Path, required=True, help="checkpoint folder or run folder")
     t.add_argument("--hook", required=True, help="hook the dictionary reads, e.g. blocks.1.hook_resid_post")
     t.add_argument("--out-hook", default="", help="hook it predicts (a transcoder), e.g. blocks.1.hook_mlp_out; "
                    "default: --hook (an SAE)")
-    t.add_argument("--arch", choices=sorted(ARCHITECTURES), default="topk", help="architecture (default: topk)")
+    t.add_argument("--arch", choices=ARCHITECTURE_NAMES, default="topk", help="architecture (default: topk)")
     t.add_argument("--width", type=int, nargs="+", default=[1024], help="features; several = a sweep (default: 1024)")
     t.add_argument("--k", type=int, nargs="+", default=[32], help="active features per token for topk/batchtopk; "
                    "several = a sweep (default: 32)")
@@ -41,14 +41,20 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--store-tokens", type=int, default=0, help="tokens to store (default: the training tokens)")
     t.add_argument("--cache-dir", type=Path, default=None, help="token cache (default: $SPARSECIRCUITS_CACHE)")
     add_config_flags(t, DictTrainConfig, "dictionary training")
-    e = sub.add_parser("eval-dict", help="L0, FVU, spliced CE/KL and loss recovered of a dictionary")
+
+
+def _eval_dict_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    e = command_parser(sub, name, help)
     e.add_argument("dictionary", type=Path, nargs="+", help="dictionary folders (SAELens layout)")
     e.add_argument("--model", type=Path, required=True, help="checkpoint folder or run folder")
     e.add_argument("--batches", type=int, default=8, help="validation batches (default: 8)")
     e.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default: 16)")
     e.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
     e.add_argument("--cache-dir", type=Path, default=None, help="token cache")
-    f = sub.add_parser("features", help="top activating contexts and histograms of every feature (or neuron)")
+
+
+def _features_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    f = command_parser(sub, name, help)
     f.add_argument("--model", type=Path, required=True, help="checkpoint folder or run folder")
     src = f.add_mutually_exclusive_group(required=True)
     src.add_argument("--dictionary", type=Path, help="dictionary folder")
@@ -59,17 +65,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     f.add_argument("--top", type=int, default=16, help="examples per feature (default: 16)")
     f.add_argument("--context", type=int, default=16, help="tokens of context per example (default: 16)")
     f.add_argument("--cache-dir", type=Path, default=None, help="token cache")
-    c = sub.add_parser("convert-dict", help="convert a pickled dictionary (Dunefsky et al.) to the SAELens layout")
+
+
+def _convert_dict_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    c = command_parser(sub, name, help)
     c.add_argument("pickle", type=Path, help="the .pt pickle file: only convert files you trust")
     c.add_argument("--out", type=Path, required=True, help="output dictionary folder")
     c.add_argument("--hook", default="", help="input hook, if the file does not record it")
     c.add_argument("--out-hook", default="", help="output hook of a transcoder, if the file does not record it")
-
-
-def _cache(args: argparse.Namespace) -> Path:
-    from sparsecircuits.cli.app import default_cache_dir
-
-    return args.cache_dir or default_cache_dir()
 
 
 def _windows(model, data, batches: int, batch_size: int):  # noqa: ANN001, ANN202
@@ -81,8 +84,7 @@ def _windows(model, data, batches: int, batch_size: int):  # noqa: ANN001, ANN20
 def cmd_train_dict(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits import distributed
     from sparsecircuits.ablation import weights_fingerprint
-    from sparsecircuits.cli.app import collect
-    from sparsecircuits.dictionaries import DictConfig, DictTrainConfig, train_dictionaries
+    from sparsecircuits.dictionaries import DictConfig, train_dictionaries
     from sparsecircuits.dictionaries.activations import (
         ModelActivations,
         checkpoint_tokens,
@@ -101,7 +103,7 @@ def cmd_train_dict(args: argparse.Namespace, console: Console) -> int:
     cfgs = [DictConfig(arch=args.arch, hook=args.hook, out_hook=out_hook, d_in=widths[args.hook],
                        d_out=widths[out_hook], width=w, k=k, skip=args.skip)
             for w, k in itertools.product(args.width, ks)]
-    data = checkpoint_tokens(ck, _cache(args))
+    data = checkpoint_tokens(ck, cache_dir(args))
     store = None
     ctx = distributed.init_from_env(str(next(model.parameters()).device))  # no-op unless under torchrun
     if args.store is not None:
@@ -149,7 +151,7 @@ def cmd_eval_dict(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.model.checkpoint import load_checkpoint
 
     ck = load_checkpoint(args.model)
-    windows = _windows(ck.model, checkpoint_tokens(ck, _cache(args)), args.batches, args.batch_size)
+    windows = _windows(ck.model, checkpoint_tokens(ck, cache_dir(args)), args.batches, args.batch_size)
     table = Table(title=f"dictionaries spliced into {ck.path}")
     cols = ("dictionary", "L0", "FVU", "CE clean", "CE spliced", "KL", "recovered (zero)", "recovered (mean)",
             "dead", "dense")
@@ -186,7 +188,7 @@ def cmd_features(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.model.checkpoint import load_checkpoint
 
     ck = load_checkpoint(args.model)
-    windows = [w[:, :-1] for w in _windows(ck.model, checkpoint_tokens(ck, _cache(args)), args.batches, args.batch_size)]
+    windows = [w[:, :-1] for w in _windows(ck.model, checkpoint_tokens(ck, cache_dir(args)), args.batches, args.batch_size)]
     source = dictionary_source(load_dictionary(args.dictionary)) if args.dictionary else neuron_source(ck.model, args.neurons)
     with console.status(f"top contexts of {source.width} features"):
         ex = feature_examples(ck.model, source, windows, k=args.top, context=args.context)
@@ -210,7 +212,7 @@ def cmd_convert_dict(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+PARSERS: dict[str, ParserBuilder] = {"train-dict": _train_dict_parser, "eval-dict": _eval_dict_parser,
+                                     "features": _features_parser, "convert-dict": _convert_dict_parser}
 COMMANDS = {"train-dict": cmd_train_dict, "eval-dict": cmd_eval_dict, "features": cmd_features,
             "convert-dict": cmd_convert_dict}
-
-__all__ = ["COMMANDS", "add_parsers"]

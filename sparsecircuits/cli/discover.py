@@ -1,28 +1,27 @@
 """CLI commands for component circuits: `discover`, `compare-circuits`, `heads` (rendering only; the work
-is in `discover/`). `--model` takes one of our checkpoints (or run folders) or a Hugging Face folder /
+is in `component_circuits/`). `--model` takes one of our checkpoints (or run folders) or a Hugging Face folder /
 cached name (`model/load.py`)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from sparsecircuits.cli.common import ParserBuilder, add_config_flags, cache_dir, collect, command_parser
+from sparsecircuits.cli.loading import load_model, load_task, model_task_flags
+from sparsecircuits.component_circuits.config import METHOD_SUMMARIES, DiscoverConfig
 from sparsecircuits.graph import Circuit, edge_iou, intersect, node_iou
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from sparsecircuits.cli.app import add_config_flags
-    from sparsecircuits.component_circuits.methods import METHODS, DiscoverConfig
-
-    d = sub.add_parser("discover", help="find a component circuit (heads, MLPs, edges) for a task")
-    _model_task_flags(d)
-    methods = "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values())
-    d.add_argument("--method", choices=list(METHODS), default="eap-ig", help=f"discovery method ({methods}) (default: eap-ig)")
+def _discover_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    d = command_parser(sub, name, help)
+    model_task_flags(d)
+    methods = "; ".join(f"{m}: {summary}" for m, summary in METHOD_SUMMARIES.items())
+    d.add_argument("--method", choices=list(METHOD_SUMMARIES), default="eap-ig", help=f"discovery method ({methods}) (default: eap-ig)")
     d.add_argument("--out", type=Path, required=True, help="circuit JSON to write (opens in `sparsecircuits view`)")
     d.add_argument("--filter", action=argparse.BooleanOptionalAction, default=True,
                    help="keep only prompts the model solves with p(correct) > 2 p(incorrect) (Lan et al.) (default: on)")
@@ -31,61 +30,30 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--bootstrap", type=int, default=3, help="bootstrap resamples for edge-set stability; 0 = off (default: 3)")
     d.add_argument("--cache-dir", type=Path, default=None, help="cache for `--method prune` (mean activations)")
     add_config_flags(d, DiscoverConfig, "discovery")
-    c = sub.add_parser("compare-circuits", help="node/edge IoU of circuits; with --model, the cross-task faithfulness matrix")
+
+
+def _compare_circuits_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    c = command_parser(sub, name, help)
     c.add_argument("circuits", type=Path, nargs="+", help="circuit JSON files (two or more)")
     c.add_argument("--model", default=None, help="model the circuits came from (enables the faithfulness matrix)")
-    c.add_argument("--n-examples", type=int, default=64, help="examples per task for the faithfulness matrix")
+    c.add_argument("--n-examples", type=int, default=64, help="examples per task for the faithfulness matrix (default: 64)")
     c.add_argument("--ablation", default=None, help="ablation for the matrix (default: the circuits' own, which must then agree)")
     c.add_argument("--out", type=Path, default=None, help="write the shared core (intersection) circuit here")
-    h = sub.add_parser("heads", help="head roles on a task: attention by position type, OV successor/copy, logit lens")
-    _model_task_flags(h)
+
+
+def _heads_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    h = command_parser(sub, name, help)
+    model_task_flags(h)
     h.add_argument("--top", type=int, default=10, help="heads to list per column (default: 10)")
 
 
-def _model_task_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="our checkpoint / run folder, or a Hugging Face folder or cached name")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--task", help="a built-in task (see `sparsecircuits tasks`)")
-    src.add_argument("--task-file", type=Path, help="a JSONL task: prompt, correct, incorrect[, counterfactual]")
-    p.add_argument("--n-examples", type=int, default=64, help="examples of a built-in task (default: 64)")
-
-
-def load_model(name: str):  # noqa: ANN201
-    """(model, tokenizer, checkpoint-or-None) from our checkpoint or a Hugging Face folder / name."""
-    from sparsecircuits.data.tokenizer import load_tokenizer
-    from sparsecircuits.model.checkpoint import load_checkpoint
-    from sparsecircuits.model.load import load_pretrained
-
-    path = Path(name)
-    cfg = path / "config.json"
-    ours = path.exists() and (not cfg.exists() or "model_type" not in json.loads(cfg.read_text()))
-    if ours:
-        ck = load_checkpoint(path)
-        if ck.tokenizer_path is None:
-            raise ValueError(f"{ck.path} has no tokenizer.json; tasks need the model's tokenizer")
-        return ck.model.eval(), load_tokenizer(ck.tokenizer_path), ck
-    pre = load_pretrained(name)
-    if pre.tokenizer is None:
-        raise ValueError(f"{pre.path} has no tokenizer.json; tasks need the model's tokenizer")
-    return pre.model.eval(), pre.tokenizer, None
-
-
-def _task(args: argparse.Namespace, model, tok, name: str | None = None):  # noqa: ANN001, ANN202
-    from sparsecircuits.tasks.base import load_jsonl_task, load_task
-
-    if name is None and getattr(args, "task_file", None):
-        return load_jsonl_task(args.task_file, tok, model.cfg.n_ctx)
-    return load_task(name or args.task, tok, model.cfg.n_ctx, args.n_examples)
-
-
 def cmd_discover(args: argparse.Namespace, console: Console) -> int:
-    from sparsecircuits.cli.app import collect
-    from sparsecircuits.component_circuits.methods import DiscoverConfig, discover, get_method
+    from sparsecircuits.component_circuits.methods import discover, get_method
     from sparsecircuits.evaluate import filter_solved
 
     cfg = collect(args, DiscoverConfig, {})
     model, tok, ck = load_model(args.model)
-    data = _task(args, model, tok)
+    data = load_task(args, model, tok)
     if args.filter:
         n0 = len(data)
         data = filter_solved(model, data)
@@ -138,7 +106,6 @@ def _report_quality(args, console, model, data, cfg, circuit) -> None:  # noqa: 
 
 def _prune(args: argparse.Namespace, console: Console, ck, data) -> int:  # noqa: ANN001
     from sparsecircuits.ablation import checkpoint_means
-    from sparsecircuits.cli.app import default_cache_dir
     from sparsecircuits.data.tokenizer import load_tokenizer
     from sparsecircuits.weight_sparse.prune import PruneConfig, prune_task
 
@@ -146,7 +113,7 @@ def _prune(args: argparse.Namespace, console: Console, ck, data) -> int:  # noqa
         raise ValueError("--method prune needs one of our checkpoints (mean activations over its pretraining corpus)")
     cfg = PruneConfig()
     assert ck.tokenizer_path is not None
-    means = checkpoint_means(ck.model, ck.meta, load_tokenizer(ck.tokenizer_path), args.cache_dir or default_cache_dir())
+    means = checkpoint_means(ck.model, ck.meta, load_tokenizer(ck.tokenizer_path), cache_dir(args))
     with console.status(f"pruning {data.name} (defaults; `sparsecircuits prune` takes every option)"):
         result = prune_task(ck.model, data, cfg, means)
     result.circuit.metadata["model"] = str(ck.path)
@@ -197,7 +164,7 @@ def _faithfulness_matrix(args, console, circuits, names, core) -> None:  # noqa:
     for c in circuits:
         name = str(c.metadata.get("task"))
         if name not in tasks:
-            data = filter_solved(model, _task(args, model, tok, name))
+            data = filter_solved(model, load_task(args, model, tok, name))
             tasks[name] = prepare(model, data, ablation)
     matrix = cross_task_matrix(tasks, dict(zip(names, circuits)))
     table = Table(title="faithfulness of circuit (row) on task (column)")
@@ -228,7 +195,7 @@ def cmd_heads(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.tasks.sequences import MEMBERS
 
     model, tok, _ = load_model(args.model)
-    data = _task(args, model, tok)
+    data = load_task(args, model, tok)
     members = single_token_members(tok, MEMBERS[args.task]) if args.task in MEMBERS else None
     if args.task in MEMBERS:
         if members is None:
@@ -255,4 +222,6 @@ def cmd_heads(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+PARSERS: dict[str, ParserBuilder] = {"discover": _discover_parser, "compare-circuits": _compare_circuits_parser,
+                                     "heads": _heads_parser}
 COMMANDS = {"discover": cmd_discover, "compare-circuits": cmd_compare_circuits, "heads": cmd_heads}

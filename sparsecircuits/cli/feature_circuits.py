@@ -11,17 +11,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from sparsecircuits.cli.common import ParserBuilder, add_config_flags, collect, command_parser
 from sparsecircuits.cli.console import StageBars, stage_progress
+from sparsecircuits.cli.loading import load_dictionaries, load_model, load_task, model_task_flags
+from sparsecircuits.feature_circuits.config import FeatureCircuitConfig
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from sparsecircuits.cli.app import add_config_flags
-    from sparsecircuits.cli.discover import _model_task_flags
-    from sparsecircuits.feature_circuits.circuit import FeatureCircuitConfig
-
-    p = sub.add_parser("feature-circuit", help="sparse feature circuit: dictionary features and error terms as nodes "
-                                               "(Marks et al. 2025)")
-    _model_task_flags(p)
+def _feature_circuit_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    p = command_parser(sub, name, help)
+    model_task_flags(p)
     p.add_argument("--dicts", type=Path, nargs="+", required=True,
                    help="dictionary folders (SAELens layout, e.g. from `train-dict`), or folders holding several")
     p.add_argument("--out", type=Path, required=True, help="circuit JSON to write (opens in `sparsecircuits view`)")
@@ -37,37 +35,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     add_config_flags(p, FeatureCircuitConfig, "feature circuit")
 
 
-def load_dictionaries(paths: list[Path]):  # noqa: ANN201
-    """Every dictionary folder named, or found one level below a named folder."""
-    from sparsecircuits.dictionaries.formats import CFG, load_dictionary
-
-    out = []
-    for path in paths:
-        path = Path(path)
-        if not path.exists():
-            raise FileNotFoundError(f"dictionary path {str(path)!r} does not exist")
-        folders = [path] if (path / CFG).exists() else sorted(p for p in path.iterdir() if (p / CFG).exists())
-        if not folders:
-            raise ValueError(f"{str(path)!r} holds no dictionary ({CFG}) and no folders with one")
-        out += [load_dictionary(f) for f in folders]
-    return out
-
-
 def cmd_feature_circuit(args: argparse.Namespace, console: Console) -> int:
-    from sparsecircuits.cli.app import collect
-    from sparsecircuits.cli.discover import _task, load_model
     from sparsecircuits.evaluate import filter_solved
-    from sparsecircuits.feature_circuits.circuit import (
-        FeatureCircuitConfig,
-        find_feature_circuit,
-        task_metric,
-    )
+    from sparsecircuits.feature_circuits.circuit import find_feature_circuit, task_metric
     from sparsecircuits.feature_circuits.dictionary_graph import make_sites, mean_values, node_values
     from sparsecircuits.feature_circuits.evaluation import evaluate_circuit
 
     cfg = collect(args, FeatureCircuitConfig, {})
     model, tok, _ = load_model(args.model)
-    data = _task(args, model, tok)
+    data = load_task(args, model, tok)
     if args.filter:
         data = filter_solved(model, data)
     device = next(model.parameters()).device
@@ -143,4 +119,5 @@ def _compare_neurons(args, console, model, sites, tokens, cf, data, metric, cfg,
             "features_completeness": feats.completeness, "neurons_completeness": neurons.completeness}
 
 
+PARSERS: dict[str, ParserBuilder] = {"feature-circuit": _feature_circuit_parser}
 COMMANDS = {"feature-circuit": cmd_feature_circuit}

@@ -1,5 +1,6 @@
 """CLI commands for transcoder attribution graphs: `graph`, `transcoder-paths`, `de-embed` (rendering and
-files only; the work is in `transcoder_circuits/attribution_graph.py`, `graph_export.py`, `transcoder_analysis.py`).
+files only; the work is in `transcoder_circuits/attribution_graph.py`, `transcoder_circuits/export.py` and
+`transcoder_circuits/analysis.py`).
 
 `--transcoders` takes a circuit-tracer transcoder set (a folder with `config.yaml`, or the yaml file
 itself) or a folder of our SAELens-layout transcoder folders, one per layer (layer read from each hook).
@@ -17,9 +18,12 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from sparsecircuits.cli.common import ParserBuilder, command_parser
+from sparsecircuits.cli.loading import load_model
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    g = sub.add_parser("graph", help="attribution graph of one prompt through per-layer transcoders (circuit-tracer JSON)")
+
+def _graph_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    g = command_parser(sub, name, help)
     _common(g)
     g.add_argument("--node-threshold", type=float, default=0.8, help="share of node influence to keep (default: 0.8)")
     g.add_argument("--edge-threshold", type=float, default=0.98, help="share of edge influence to keep (default: 0.98)")
@@ -29,7 +33,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--slug", default="", help="graph name in the JSON metadata (default: the output file's stem)")
     g.add_argument("--out", type=Path, required=True, help="graph JSON to write (circuit-tracer / Neuronpedia schema)")
     g.add_argument("--circuit", type=Path, default=None, help="also write our circuit JSON (opens in `sparsecircuits view`)")
-    p = sub.add_parser("transcoder-paths", help="greedy path search (Dunefsky et al.) from a feature or a logit difference")
+
+
+def _paths_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    p = command_parser(sub, name, help)
     _common(p)
     root = p.add_mutually_exclusive_group(required=True)
     root.add_argument("--feature", nargs=3, type=int, metavar=("LAYER", "POS", "FEATURE"),
@@ -38,7 +45,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=int, default=3, help="path length (default: 3)")
     p.add_argument("--branches", type=int, default=15, help="paths kept per step (default: 15)")
     p.add_argument("--out", type=Path, default=None, help="write the merged path graph as our circuit JSON")
-    d = sub.add_parser("de-embed", help="vocabulary tokens that most directly activate a transcoder feature (W_E · e)")
+
+
+def _de_embed_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    d = command_parser(sub, name, help)
     d.add_argument("--model", required=True, help="our checkpoint / run folder, or a Hugging Face folder or cached name")
     d.add_argument("--transcoders", type=Path, required=True, help="transcoder set (see `graph`)")
     d.add_argument("--layer", type=int, required=True, help="transcoder layer")
@@ -80,8 +90,6 @@ def load_transcoders(path: Path) -> dict:
 
 def _prepare(args: argparse.Namespace):  # noqa: ANN202
     import torch
-
-    from sparsecircuits.cli.discover import load_model
 
     if not args.prompt.strip():
         raise ValueError("--prompt is empty")
@@ -159,7 +167,6 @@ def cmd_paths(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_de_embed(args: argparse.Namespace, console: Console) -> int:
-    from sparsecircuits.cli.discover import load_model
     from sparsecircuits.transcoder_circuits.analysis import de_embed
 
     model, tok, _ = load_model(args.model)
@@ -176,4 +183,6 @@ def cmd_de_embed(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+PARSERS: dict[str, ParserBuilder] = {"graph": _graph_parser, "transcoder-paths": _paths_parser,
+                                     "de-embed": _de_embed_parser}
 COMMANDS = {"graph": cmd_graph, "transcoder-paths": cmd_paths, "de-embed": cmd_de_embed}

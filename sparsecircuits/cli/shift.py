@@ -16,16 +16,14 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from sparsecircuits.cli.common import ParserBuilder, add_config_flags, collect, command_parser
 from sparsecircuits.cli.console import StageBars, stage_progress
+from sparsecircuits.cli.loading import load_dictionaries, load_model
+from sparsecircuits.feature_circuits.config import ShiftConfig, ShiftDataConfig
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from sparsecircuits.cli.app import add_config_flags
-    from sparsecircuits.feature_circuits.shift import ShiftConfig
-    from sparsecircuits.feature_circuits.shift_data import ShiftDataConfig
-
-    p = sub.add_parser("shift", help="SHIFT: ablate the features a probe uses for a spurious cue (quote style), "
-                                     "Marks et al. 2025")
+def _shift_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    p = command_parser(sub, name, help)
     p.add_argument("--model", type=Path, required=True, help="checkpoint folder (our format, with tokenizer.json)")
     p.add_argument("--dicts", type=Path, nargs="+", required=True,
                    help="dictionary folders (e.g. from `train-dict`), or folders holding several; those at or after "
@@ -42,7 +40,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def _sites(model, paths: list[Path], probe_hook: str, console: Console):  # noqa: ANN001, ANN202
-    from sparsecircuits.cli.feature_circuits import load_dictionaries
     from sparsecircuits.feature_circuits.dictionary_graph import execution_order, make_sites
     from sparsecircuits.feature_circuits.shift import read_hook
 
@@ -105,18 +102,15 @@ def _review(model, sites, tok, data, probe, circ, resp, marked, n_ctx: int, out:
 
 
 def cmd_shift(args: argparse.Namespace, console: Console) -> int:
-    from sparsecircuits.cli.app import collect
-    from sparsecircuits.cli.discover import load_model
     from sparsecircuits.feature_circuits.edit import feature_id, parse_ablate_file
     from sparsecircuits.feature_circuits.shift import (
-        ShiftConfig,
         auto_select,
         feature_responses,
         probe_circuit,
         shift_rows,
         train_probe,
     )
-    from sparsecircuits.feature_circuits.shift_data import ShiftDataConfig, build_shift_dataset
+    from sparsecircuits.feature_circuits.shift_data import build_shift_dataset
 
     cfg = collect(args, ShiftConfig, {})
     dcfg = collect(args, ShiftDataConfig, {})
@@ -169,4 +163,5 @@ def _table(console: Console, rows: dict, n: int, seeds: int) -> None:  # noqa: A
     console.print(table)
 
 
+PARSERS: dict[str, ParserBuilder] = {"shift": _shift_parser}
 COMMANDS = {"shift": cmd_shift}

@@ -7,23 +7,22 @@ from __future__ import annotations
 import argparse
 import dataclasses
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from sparsecircuits.weight_sparse.run import StepReport
+from sparsecircuits.cli.common import ParserBuilder, add_config_flags, cache_dir, collect, command_parser
+from sparsecircuits.data.config import DataConfig
+from sparsecircuits.weight_sparse.config import PruneConfig, SweepConfig
+
+if TYPE_CHECKING:
+    from sparsecircuits.weight_sparse.run import StepReport
 
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from sparsecircuits.cli.app import add_config_flags
-    from sparsecircuits.data.corpus import DataConfig
-    from sparsecircuits.weight_sparse.prune import PruneConfig
-    from sparsecircuits.weight_sparse.sweep import SweepConfig
-
-    p = sub.add_parser("sweep", help="train a grid of sparse and dense models, prune every task on each, "
-                                     "plot validation loss vs circuit size (Gao et al. frontier)")
+def _sweep_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    p = command_parser(sub, name, help)
     p.add_argument("--out", type=Path, required=True,
                    help="sweep folder (sweep.json, runs/<name>/, frontier.png, frontier.html); rerun to resume")
     p.add_argument("--cache-dir", type=Path, default=None,
@@ -37,10 +36,6 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
 
 def build_config(args: argparse.Namespace) -> Any:
     """SweepConfig from the flags: dataclass defaults < explicit flags, for the grid, data and pruning."""
-    from sparsecircuits.cli.app import collect
-    from sparsecircuits.data.corpus import DataConfig
-    from sparsecircuits.weight_sparse.prune import PruneConfig
-    from sparsecircuits.weight_sparse.sweep import SweepConfig
 
     base = SweepConfig.__dataclass_fields__["data"].default_factory()  # type: ignore[misc]
     data = collect(args, DataConfig, dataclasses.asdict(base))
@@ -100,7 +95,6 @@ def sweep_table(result: Any) -> Table:
 
 
 def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
-    from sparsecircuits.cli.app import default_cache_dir
     from sparsecircuits.weight_sparse.sweep import expand_grid, run_sweep
 
     cfg = build_config(args)
@@ -108,7 +102,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     console.print(f"[bold]Sweep[/] of {len(runs)} models ({', '.join(r.name for r in runs)}), "
                   f"{cfg.steps} steps each, tasks {', '.join(cfg.tasks)} -> {args.out}")
     with SweepProgress(console, len(runs)) as prog:
-        result = run_sweep(cfg, args.out, args.cache_dir or default_cache_dir(), on_event=prog.on_event,
+        result = run_sweep(cfg, args.out, cache_dir(args), on_event=prog.on_event,
                            on_step=prog.on_step, on_run_done=prog.on_run_done)
     console.print(sweep_table(result))
     console.print(f"common tasks (reached by every model at target loss {cfg.prune.target_loss:g}): "
@@ -121,4 +115,5 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     return 0 if result.complete else 1
 
 
+PARSERS: dict[str, ParserBuilder] = {"sweep": _sweep_parser}
 COMMANDS = {"sweep": cmd_sweep}

@@ -9,12 +9,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from sparsecircuits.cli.common import ParserBuilder, add_config_flags, cache_dir, collect, command_parser
+from sparsecircuits.viz.config import ViewConfig
 
-def add_parsers(sub: argparse._SubParsersAction) -> None:
-    from sparsecircuits.cli.app import add_config_flags
-    from sparsecircuits.viz.report import ViewConfig
 
-    v = sub.add_parser("view", help="write a circuit's page: one self-contained HTML file (opens offline)")
+def _view_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    v = command_parser(sub, name, help)
     v.add_argument("circuit", type=Path, help="circuit JSON (from `prune`, `quickstart`, ...)")
     v.add_argument("-o", "--out", type=Path, default=None, help="HTML file to write (default: the JSON's path with .html)")
     v.add_argument("--model", type=Path, default=None,
@@ -22,15 +22,15 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                         "and attention (default: a page from the JSON alone)")
     v.add_argument("--task-file", type=Path, default=None, help="JSONL task of a circuit pruned with --task-file")
     v.add_argument("--plot", action=argparse.BooleanOptionalAction, default=False,
-                   help="also write the faithfulness-vs-size curve as PNG next to the page (needs the `viz` extra)")
+                   help="also write the faithfulness-vs-size curve as PNG next to the page (needs the `viz` extra; "
+                        "default: off)")
     v.add_argument("--cache-dir", type=Path, default=None, help="cache for tokens and mean activations")
     add_config_flags(v, ViewConfig, "page")
 
 
 def cmd_view(args: argparse.Namespace, console: Console) -> int:
-    from sparsecircuits.cli.app import collect, default_cache_dir
     from sparsecircuits.graph import Circuit
-    from sparsecircuits.viz.report import ViewConfig, load_model_context, write_circuit_page
+    from sparsecircuits.viz.report import load_model_context, write_circuit_page
 
     cfg = collect(args, ViewConfig, {})
     circuit = Circuit.load(args.circuit)
@@ -43,7 +43,7 @@ def cmd_view(args: argparse.Namespace, console: Console) -> int:
 
         ctx = None
         if args.model is not None:
-            ctx = load_model_context(args.model, args.cache_dir or default_cache_dir(), cfg.windows, event)
+            ctx = load_model_context(args.model, cache_dir(args), cfg.windows, event)
         write_circuit_page(circuit, out, ctx, cfg, args.task_file, on_event=event)
     size = out.stat().st_size / 1e6
     console.print(f"{len(circuit.nodes)} nodes, {len(circuit.edges)} edges -> {out} ({size:.1f} MB, "
@@ -57,4 +57,5 @@ def cmd_view(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+PARSERS: dict[str, ParserBuilder] = {"view": _view_parser}
 COMMANDS = {"view": cmd_view}

@@ -25,10 +25,9 @@ from jaxtyping import Float
 from torch import Tensor
 
 from sparsecircuits.component_circuits.component_graph import run_masked
+from sparsecircuits.component_circuits.config import IG_VARIANTS  # torch-free, for the CLI
 from sparsecircuits.component_circuits.prepare import ComponentScores, ComponentTask, metric_of_logits
 from sparsecircuits.model.hooks import HookPoint
-
-IG_VARIANTS = ("inputs", "activations")
 
 
 def _mask_grad(task: ComponentTask, m: Tensor, alpha: float | None) -> Float[Tensor, "W R"]:

@@ -1,7 +1,7 @@
 """Patching methods on the component graph: exact node and edge patching, path patching, ACDC, and
 Lan et al.'s iterative node pruning followed by edge pruning.
 
-All of them set entries of the edge mask to 0 and measure the metric (`components.metric`); scores
+All of them set entries of the edge mask to 0 and measure the metric (`prepare.metric`); scores
 use the DESIGN.md sign, metric(before) - metric(after the removal), positive = the removed part helped.
   exact edge   every edge alone (one masked forward per edge, batched);
   exact node   every writer alone: all its outgoing edges off = its output replaced by the baseline;

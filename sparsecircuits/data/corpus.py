@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from sparsecircuits.config_utils import opt
+from sparsecircuits.data.config import DataConfig  # torch-free, for the CLI
 
 EOT = "<|endoftext|>"  # end-of-text token, inserted between documents
 
@@ -35,35 +35,6 @@ _CORPUS_FORMAT = "sparsecircuits-corpus-v1"
 _EXCLUDED_STDLIB_DIRS = frozenset({"site-packages", "dist-packages", "__pycache__"})
 
 Progress = Callable[[str, int, int], None]  # progress(stage, done, total)
-
-
-@dataclass
-class DataConfig:
-    """Where the training text comes from and how it is split and tokenized."""
-
-    sources: tuple[str, ...] = opt(
-        (), "files, folders or .jsonl files to read; empty = the running Python's stdlib (*.py)"
-    )
-    glob: str = opt("*.py", "pattern of the files to read inside folder sources (recursive)")
-    jsonl_field: str = opt("text", "field holding the document text in .jsonl sources")
-    val_percent: float = opt(2.0, "percent of documents held out for validation (by key hash); 0 < x < 50")
-    vocab_size: int = opt(2048, "BPE vocabulary size including special tokens; 258 <= x <= 65535")
-    tokenizer_sample_mb: float = opt(8.0, "MB (10^6 bytes) of training text used to train the BPE; > 0")
-
-    def __post_init__(self) -> None:
-        if isinstance(self.sources, (str, os.PathLike)):
-            raise ValueError(f"sources must be a sequence of paths, got the single path {self.sources!r}")
-        self.sources = tuple(str(s) for s in self.sources)
-        if not self.glob:
-            raise ValueError("glob must be a non-empty file pattern such as '*.py'")
-        if not self.jsonl_field:
-            raise ValueError("jsonl_field must be a non-empty field name")
-        if not 0 < self.val_percent < 50:
-            raise ValueError(f"val_percent must be in (0, 50), got {self.val_percent}")
-        if not 258 <= self.vocab_size <= 65535:
-            raise ValueError(f"vocab_size must be in [258, 65535] (tokens are uint16), got {self.vocab_size}")
-        if not self.tokenizer_sample_mb > 0:
-            raise ValueError(f"tokenizer_sample_mb must be > 0, got {self.tokenizer_sample_mb}")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sparsecircuits.atomic import atomic_write_text
-from sparsecircuits.config_utils import opt
+from sparsecircuits.data.config import DEFAULT_TASKS, TaskCorpusConfig
 from sparsecircuits.data.corpus import sample_order, stdlib_files
 from sparsecircuits.tasks.sequences import MEMBERS, NAMES, OBJECTS, TEMPLATES
 
@@ -53,7 +53,6 @@ assert not set(TRAIN_OBJECTS) & set(OBJECTS) and not set(TRAIN_NAMES) & set(NAME
 
 # Step between consecutive members (the interval tasks over numerals); 1 for every other domain.
 STEPS = {"seqcont_interval2": 2, "seqcont_interval3": 3}
-DEFAULT_TASKS = ("seqcont_numerals", "seqcont_number_words", "seqcont_months")
 _HELD_OUT = frozenset(OBJECTS) | frozenset(NAMES)
 _ONSETS = ("b", "c", "d", "f", "g", "h", "k", "l", "m", "n", "p", "r", "s", "t", "v", "w", "z", "br", "st", "tr")
 _VOWELS = ("a", "e", "i", "o", "u", "ai", "ea", "o")
@@ -66,30 +65,6 @@ def pseudo_word(rng: random.Random) -> str:
         word = word.capitalize() + rng.choice(("", "n", "r", "s", "l"))
         if word not in _HELD_OUT:
             return word
-
-
-@dataclass
-class TaskCorpusConfig:
-    tasks: tuple[str, ...] = opt(DEFAULT_TASKS, "sequence tasks whose domains are written (seqcont_*)")
-    docs: int = opt(20000, "sequence documents; >= 1")
-    max_members: int = opt(8, "most members in one document; >= 5 (4 shown + the answer)")
-    mix_stdlib: float = opt(0.0, "fraction of all characters that are Python stdlib code; [0, 1)")
-    chunk_chars: int = opt(2000, "most characters of one stdlib chunk; >= 100")
-    seed: int = opt(0, "seed of the documents, the stdlib sample and the shuffle")
-
-    def __post_init__(self) -> None:
-        self.tasks = tuple(self.tasks)
-        unknown = [t for t in self.tasks if t not in MEMBERS]
-        if not self.tasks or unknown:
-            raise ValueError(f"TaskCorpusConfig.tasks must be sequence tasks among {sorted(MEMBERS)}, got {unknown or 'none'}")
-        if self.docs < 1:
-            raise ValueError(f"TaskCorpusConfig.docs must be >= 1, got {self.docs}")
-        if self.max_members < 5:
-            raise ValueError(f"TaskCorpusConfig.max_members must be >= 5 (4 shown + the answer), got {self.max_members}")
-        if not 0.0 <= self.mix_stdlib < 1.0:
-            raise ValueError(f"TaskCorpusConfig.mix_stdlib must be in [0, 1), got {self.mix_stdlib}")
-        if self.chunk_chars < 100:
-            raise ValueError(f"TaskCorpusConfig.chunk_chars must be >= 100, got {self.chunk_chars}")
 
 
 @dataclass

@@ -214,3 +214,9 @@ def rectangle(u: Tensor) -> Tensor:
     """Rectangle kernel K(u) = 1 on (-1/2, 1/2) (Rajamanoharan et al. 2024)."""
     return (u.abs() < 0.5).to(u.dtype)
 
+
+
+# The built-in architectures register themselves on import. Importing them here, after everything
+# above is defined, fills `ARCHITECTURES` whichever module of the package is imported first (the
+# package's `__init__` is lazy and no longer does it).
+from sparsecircuits.dictionaries import architectures as _architectures  # noqa: E402, F401

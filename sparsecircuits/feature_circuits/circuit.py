@@ -29,10 +29,8 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sparsecircuits.config_utils import opt, require_at_least
+from sparsecircuits.feature_circuits.config import FeatureCircuitConfig  # torch-free, for the CLI
 from sparsecircuits.feature_circuits.dictionary_graph import (
-    ABLATIONS,
-    METHODS,
     MetricFn,
     NodeEffects,
     NodeValues,
@@ -51,29 +49,6 @@ from sparsecircuits.model.transformer import Transformer
 # A node: (site name, position or None when summed over positions, feature index or -1 for the error).
 NodeKey = tuple[str, "int | None", int]
 LOGITS: NodeKey = ("logits", None, 0)
-
-
-@dataclass
-class FeatureCircuitConfig:
-    method: str = opt("ig", f"node effects: {' | '.join(METHODS)} (exact = one forward per node)")
-    ig_steps: int = opt(10, "integrated gradients: interpolation steps (alpha = 0, 1/N, ..., (N-1)/N)")
-    ablation: str = opt("counterfactual", f"patch values: {' | '.join(ABLATIONS)}")
-    node_threshold: float = opt(0.1, "keep nodes with |score| above this (logit-difference units)")
-    edge_threshold: float = opt(0.01, "keep edges with |weight| above this")
-    aggregation: str = opt("auto", "auto | position | sum: nodes per (position, feature), or summed over positions; "
-                                   "auto = per position when all prompts have one length")
-    edges: bool = opt(True, "compute edges between the kept nodes")
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"FeatureCircuitConfig.method must be one of {METHODS}, got {self.method!r}")
-        if self.ablation not in ABLATIONS:
-            raise ValueError(f"FeatureCircuitConfig.ablation must be one of {ABLATIONS}, got {self.ablation!r}")
-        if self.ig_steps < 1:
-            raise ValueError(f"FeatureCircuitConfig.ig_steps must be >= 1, got {self.ig_steps}")
-        if self.aggregation not in ("auto", "position", "sum"):
-            raise ValueError(f"FeatureCircuitConfig.aggregation must be auto, position or sum, got {self.aggregation!r}")
-        require_at_least(self, 0, "node_threshold", "edge_threshold")
 
 
 @dataclass

@@ -14,7 +14,7 @@ Steps:
      the point farthest from its centre;
   4. `cluster_circuits`: one feature circuit per cluster (members nearest the centre, at most
      `per_cluster`), metric = log p(target) at the last position, zero ablation and integrated
-     gradients as in `feature_circuit.find_feature_circuit`, but computed in batch: contexts of
+     gradients as in `circuit.find_feature_circuit`, but computed in batch: contexts of
      several whole clusters share each forward/backward pass (per-example effects are independent, so
      the result equals one cluster at a time), then each cluster's slice is aggregated per position
      (contexts are right-aligned), thresholded and, optionally, given edges.
@@ -29,7 +29,6 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from sparsecircuits.config_utils import opt, require_at_least
 from sparsecircuits.feature_circuits.circuit import (
     LOGITS,
     EdgeScores,
@@ -40,6 +39,7 @@ from sparsecircuits.feature_circuits.circuit import (
     edge_effects,
     select_nodes,
 )
+from sparsecircuits.feature_circuits.config import ClusterConfig  # torch-free, for the CLI
 from sparsecircuits.feature_circuits.dictionary_graph import (
     NodeEffects,
     NodeValues,
@@ -52,25 +52,6 @@ from sparsecircuits.graph import Circuit
 from sparsecircuits.model.transformer import Transformer
 
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class ClusterConfig:
-    windows: int = opt(64, "held-out corpus windows (n_ctx tokens) scanned for contexts")
-    max_loss: float = opt(0.2, "keep positions whose next-token loss is below this (nats)")
-    context: int = opt(24, "tokens per context, ending at the predicted position")
-    max_contexts: int = opt(2000, "contexts kept (a seeded random subset when more qualify)")
-    clusters: int = opt(64, "k of k-means")
-    kmeans_iters: int = opt(50, "Lloyd iterations")
-    min_size: int = opt(4, "clusters with fewer contexts get no circuit")
-    per_cluster: int = opt(16, "contexts per circuit (those nearest the cluster centre)")
-    batch: int = opt(64, "contexts per forward/backward pass (whole clusters are batched together)")
-    seed: int = opt(0, "seed of the subset and of k-means")
-
-    def __post_init__(self) -> None:
-        require_at_least(self, 1, "windows", "context", "max_contexts", "clusters", "kmeans_iters", "min_size", "per_cluster", "batch")
-        if self.max_loss <= 0:
-            raise ValueError(f"ClusterConfig.max_loss must be > 0, got {self.max_loss}")
 
 
 @dataclass

@@ -17,7 +17,7 @@ Splice modes (the hooks of `site_hooks`):
           x = x̂(f) + stopgrad(x − x̂) arrangement, while ∂m/∂f̃ and ∂m/∂ε̃ are the exact node gradients;
   set     y + (f' − f) W_dec + (ε' − ε) with (f', ε') = rule(f, ε) and f, ε computed live, so features
           downstream of a change respond to it (exact patching, integrated gradients, ablations).
-`cut` mode, for edges, lives in `feature_circuit.py`.
+`cut` mode, for edges, lives in `circuit.py`.
 
 Node effects, with the DESIGN.md sign (≈ m(clean) − m(node patched), positive = helps) and a patch
 value a_p per node (the counterfactual prompt's, zero or the mean: `patch_values`):
@@ -44,14 +44,13 @@ from jaxtyping import Int
 from torch import Tensor
 
 from sparsecircuits.dictionaries.base import Dictionary
+from sparsecircuits.feature_circuits.config import ABLATIONS, METHODS  # torch-free, for the CLI
 from sparsecircuits.model.hooks import HookFn, HookPoint
 from sparsecircuits.model.transformer import Transformer
 
 MetricFn = Callable[[Tensor], Tensor]  # logits [batch, pos, vocab] -> per-example metric [batch]
 Progress = Callable[[str, int, int], None]  # (stage, done, total)
 SITE_KINDS = ("dictionary", "neurons", "whole")
-ABLATIONS = ("counterfactual", "zero", "mean")
-METHODS = ("exact", "attrib", "ig")
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Faithfulness and completeness of feature (and neuron) circuits (Marks et al. 2025, section 3).
 
-A circuit C is a set of nodes (`feature_circuit.NodeKey`) of the spliced sites. It is evaluated by
+A circuit C is a set of nodes (`circuit.NodeKey`) of the spliced sites. It is evaluated by
 mean ablation of everything outside it: at every site, features outside C are set to their mean and
 the error term (when outside C) to its mean, the features being recomputed from the (already
 ablated) upstream activations (splice mode `set`, `dictionary_graph.py`). Sites of the first

@@ -34,8 +34,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from sparsecircuits.config_utils import opt, require_at_least
 from sparsecircuits.feature_circuits.circuit import EdgeScores, NodeScores, aggregate, build_circuit
+from sparsecircuits.feature_circuits.config import ShiftConfig  # torch-free, for the CLI
 from sparsecircuits.feature_circuits.dictionary_graph import (
     Site,
     execution_order,
@@ -57,24 +57,6 @@ from sparsecircuits.model.hooks import HookPoint
 from sparsecircuits.model.transformer import Transformer
 
 Progress = Callable[[str, int, int], None]
-
-
-@dataclass
-class ShiftConfig:
-    probe_hook: str = opt("blocks.1.hook_resid_post", "activation the probe reads (mean over positions; the middle of a 4-layer model)")
-    circuit_examples: int = opt(128, "ambiguous snippets used for the probe's node effects")
-    ig_steps: int = opt(10, "integrated-gradients steps of the node effects")
-    circuit_size: int = opt(40, "features in the probe's circuit (largest |effect|)")
-    auto_quote_min: float = opt(0.5, "auto mode: least |quote response| (feature standard deviations)")
-    auto_ratio: float = opt(2.0, "auto mode: least |quote response| / |label response|")
-    random_seeds: int = opt(5, "random-ablation baseline: draws averaged")
-    l2: float = opt(1e-3, "L2 penalty of the probe fits (on standardised inputs)")
-    batch: int = opt(32, "snippets per forward pass")
-
-    def __post_init__(self) -> None:
-        require_at_least(self, 1, "circuit_examples", "ig_steps", "circuit_size", "random_seeds", "batch")
-        if self.auto_quote_min < 0 or self.auto_ratio < 0 or self.l2 < 0:
-            raise ValueError("ShiftConfig.auto_quote_min, auto_ratio and l2 must be >= 0")
 
 
 @dataclass

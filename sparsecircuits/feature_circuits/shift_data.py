@@ -37,32 +37,10 @@ from jaxtyping import Int
 from tokenizers import Tokenizer
 from torch import Tensor
 
-from sparsecircuits.config_utils import opt
+from sparsecircuits.feature_circuits.config import ShiftDataConfig  # torch-free, for the CLI
 
 QUOTES = ("\"", "'")  # quote attribute 0, 1
 SPLITS = ("ambiguous", "balanced_train", "balanced_test")
-
-
-@dataclass
-class ShiftDataConfig:
-    length: int = opt(64, "tokens per snippet")
-    n_ambiguous: int = opt(400, "snippets of the ambiguous (training) split; even")
-    n_balanced_train: int = opt(400, "snippets of the balanced training split (oracle probe); multiple of 4")
-    n_balanced_test: int = opt(400, "snippets of the balanced test split (evaluation); multiple of 4")
-    min_quotes: int = opt(2, "quote characters of the snippet's style a snippet must hold")
-    per_file: int = opt(3, "snippets tried per file")
-    seed: int = opt(0, "seed of the file split, the snippets and the group assignment")
-
-    def __post_init__(self) -> None:
-        if self.length < 8:
-            raise ValueError(f"ShiftDataConfig.length must be >= 8, got {self.length}")
-        if self.n_ambiguous < 2 or self.n_ambiguous % 2:
-            raise ValueError(f"ShiftDataConfig.n_ambiguous must be even and >= 2, got {self.n_ambiguous}")
-        for name in ("n_balanced_train", "n_balanced_test"):
-            if getattr(self, name) < 4 or getattr(self, name) % 4:
-                raise ValueError(f"ShiftDataConfig.{name} must be a multiple of 4, got {getattr(self, name)}")
-        if self.min_quotes < 1 or self.per_file < 1:
-            raise ValueError("ShiftDataConfig.min_quotes and per_file must be >= 1")
 
 
 @dataclass

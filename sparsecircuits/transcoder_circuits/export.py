@@ -36,7 +36,7 @@ def logit_weights(graph: AttributionGraph) -> Tensor:
 
 
 def prune_graph(graph: AttributionGraph, node_threshold: float = 0.8, edge_threshold: float = 0.98) -> PrunedGraph:
-    """`graph_influence.prune` with the graph's layout (tokens and logits always kept)."""
+    """`influence.prune` with the graph's layout (tokens and logits always kept)."""
     n_fixed = graph.n_pos + int(graph.logit_tokens.numel())
     return prune(graph.adjacency, logit_weights(graph), graph.n_features, n_fixed, node_threshold, edge_threshold)
 

@@ -8,7 +8,7 @@ report progress through an `on_event(message)` callback.
      windows in one batched pass (`viz.activations`);
   3. with the circuit's task: per-example predictions of the full model and the circuit on
      held-out examples, attention of q/k nodes (`viz.task_panel`), and, when the circuit has no
-     ablation effects and is small enough, exact single-node ablation effects (`prune.node_effects`);
+     ablation effects and is small enough, exact single-node ablation effects (`weight_sparse.prune.node_effects`);
   4. the strings of every token id used, decoded one by one.
 """
 
@@ -24,9 +24,9 @@ from tokenizers import Tokenizer
 from torch import Tensor
 
 from sparsecircuits.atomic import atomic_write_text
-from sparsecircuits.config_utils import opt, require_at_least
 from sparsecircuits.graph import Circuit
 from sparsecircuits.model.transformer import Transformer
+from sparsecircuits.viz.config import ViewConfig  # torch-free, for the CLI
 from sparsecircuits.viz.data import page_data
 from sparsecircuits.viz.html import render_circuit_page, render_index
 
@@ -35,24 +35,6 @@ if TYPE_CHECKING:
     from sparsecircuits.weight_sparse.quickstart import QuickstartReport
 
 Event = Callable[[str], None]
-
-
-@dataclass
-class ViewConfig:
-    windows: int = opt(64, "corpus windows (n_ctx tokens each, held-out split) scanned for top contexts and histograms")
-    top_k: int = opt(8, "top activating contexts kept per node")
-    bins: int = opt(32, "histogram bins per node")
-    examples: int = opt(16, "task examples listed with full-model and circuit predictions")
-    attn_examples: int = opt(6, "task examples shown for the attention of q/k nodes (<= examples)")
-    effect_nodes: int = opt(0, "compute exact single-node ablation effects for circuits without them, up to this many nodes (0: never; costs one forward per node)")
-    effect_examples: int = opt(32, "held-out task examples for those ablation effects")
-
-    def __post_init__(self) -> None:
-        require_at_least(self, 1, "windows", "top_k", "bins", "examples")
-        if not 0 <= self.attn_examples <= self.examples:
-            raise ValueError(f"ViewConfig.attn_examples must be in [0, examples={self.examples}], got {self.attn_examples}")
-        if self.effect_nodes < 0 or self.effect_examples < 1:
-            raise ValueError("ViewConfig.effect_nodes must be >= 0 and effect_examples >= 1")
 
 
 @dataclass

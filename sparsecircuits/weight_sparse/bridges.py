@@ -32,34 +32,10 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from sparsecircuits.config_utils import opt, require_at_least
 from sparsecircuits.model.config import ModelConfig
 from sparsecircuits.model.sparsity import abs_topk
 from sparsecircuits.model.transformer import Transformer
-
-
-@dataclass
-class BridgeConfig:
-    enc_topk: float = opt(0.25, "fraction of the encoder's outputs AbsTopK keeps per token; (0, 1]")
-    lm_coef: float = opt(1.0, "weight of the sparse model's next-token loss; >= 0")
-    nmse_coef: float = opt(1.0, "weight of the normalised MSE, both directions, mean over sites; >= 0")
-    kl_coef: float = opt(1.0, "weight of the hybrid-to-dense KL, both directions, mean over sites; >= 0")
-    hybrid_sites: int = opt(2, "sites per direction whose hybrid KL is taken each step (drawn per step); 0 = all")
-    bridge_lr: float = opt(1e-3, "peak Adam learning rate of the bridges (same warmup/decay as the model); > 0")
-    lstsq_init: bool = opt(True, "start each encoder/decoder at the ridge least-squares fit on >= 64 training sequences")
-    ridge: float = opt(1e-3, "ridge of that fit, relative to the mean squared input; >= 0")
-    seq_len: int = opt(0, "tokens per training sequence; 0 = the models' n_ctx (at most n_ctx)")
-
-    def __post_init__(self) -> None:
-        if not 0.0 < self.enc_topk <= 1.0:
-            raise ValueError(f"BridgeConfig.enc_topk must be in (0, 1], got {self.enc_topk}")
-        require_at_least(self, 0, "lm_coef", "nmse_coef", "kl_coef", "ridge")
-        if self.seq_len < 0:
-            raise ValueError(f"BridgeConfig.seq_len must be >= 0 (0 = n_ctx), got {self.seq_len}")
-        if self.hybrid_sites < 0:
-            raise ValueError(f"BridgeConfig.hybrid_sites must be >= 0 (0 = all sites), got {self.hybrid_sites}")
-        if self.bridge_lr <= 0:
-            raise ValueError(f"BridgeConfig.bridge_lr must be > 0, got {self.bridge_lr}")
+from sparsecircuits.weight_sparse.config import BridgeConfig  # torch-free, for the CLI
 
 
 def bridge_sites(cfg: ModelConfig) -> list[str]:

@@ -31,8 +31,7 @@ from sparsecircuits.model.hooks import HookPoint
 from sparsecircuits.model.transformer import Transformer
 from sparsecircuits.tasks.base import TaskData, last_logits, logit_diff
 from sparsecircuits.weight_sparse.bridges import Bridges
-
-MODES = ("ablate", "steer")
+from sparsecircuits.weight_sparse.config import MODES  # torch-free, for the CLI
 
 
 @dataclass

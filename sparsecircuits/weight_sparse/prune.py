@@ -30,43 +30,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from sparsecircuits.ablation import BASELINES, NodeSite, prune_sites
-from sparsecircuits.config_utils import opt, require_at_least
+from sparsecircuits.ablation import NodeSite, prune_sites
 from sparsecircuits.evaluate import Evaluation, MaskedTask
 from sparsecircuits.graph import Circuit, Node
 from sparsecircuits.model.transformer import Transformer
 from sparsecircuits.tasks.base import TaskData, task_loss
+from sparsecircuits.weight_sparse.config import PruneConfig  # torch-free, for the CLI
 from sparsecircuits.weight_sparse.weight_edges import circuit_edges
-
-
-@dataclass
-class PruneConfig:
-    steps: int = opt(300, "optimisation steps of the gate parameters")
-    batch_size: int = opt(64, "task examples per step")
-    lr: float = opt(0.01, "AdamW peak learning rate for the gates (linear decay to 0)")
-    k_coef: float = opt(1e-4, "penalty per active node, in nats")
-    weight_decay: float = opt(1e-3, "AdamW weight decay on the gates")
-    beta2: float = opt(0.95, "AdamW beta2")
-    grad_clip: float = opt(1.0, "gradient-norm clipping")
-    temperature: float = opt(1.0, "temperature of the sigmoid-derivative surrogate gradient")
-    init_mean: float = opt(0.1, "mean of the gate initialisation (> 0: all nodes on)")
-    init_std: float = opt(0.01, "std of the gate initialisation")
-    target_loss: float = opt(0.15, "task loss (nats) the discretised circuit must reach")
-    target_slack: float = opt(0.05, "when the full model's held-out loss is above target_loss, aim for full loss + this instead")
-    baseline: str = opt("mean", f"value of pruned nodes: {' | '.join(BASELINES)}")
-    calibrate: bool = opt(False, "fit a logit scale and per-answer shift (16 LBFGS steps) when evaluating")
-    effect_examples: int = opt(32, "held-out examples used for each node's single-ablation effect")
-    max_effect_nodes: int = opt(512, "compute node effects (one forward per node) only for circuits up to this size")
-    seed: int = opt(0, "seed of the gate initialisation and batch order")
-
-    def __post_init__(self) -> None:
-        require_at_least(self, 1, "steps", "batch_size")
-        if self.baseline not in BASELINES:
-            raise ValueError(f"PruneConfig.baseline must be one of {BASELINES}, got {self.baseline!r}")
-        if self.target_slack < 0:
-            raise ValueError(f"PruneConfig.target_slack must be >= 0, got {self.target_slack}")
-        if self.init_mean <= 0 or self.temperature <= 0 or self.lr <= 0 or self.target_loss <= 0:
-            raise ValueError("PruneConfig.init_mean, temperature, lr and target_loss must be > 0")
 
 
 class _HeavisideSTE(torch.autograd.Function):

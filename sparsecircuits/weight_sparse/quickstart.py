@@ -41,13 +41,10 @@ from sparsecircuits.graph import geometric_mean
 from sparsecircuits.model.checkpoint import Checkpoint, CheckpointError, load_checkpoint
 from sparsecircuits.model.transformer import Transformer
 from sparsecircuits.tasks.base import TASKS, TaskData, TaskError, get_task, load_task
+from sparsecircuits.weight_sparse.config import QUICKSTART_PRUNE  # torch-free, for the CLI
 from sparsecircuits.weight_sparse.prune import PruneConfig, PruneResult, prune_task
 
 ASSETS = Path(__file__).parents[1] / "assets" / "quickstart"
-# The quickstart's pruning budget, fitted to under 3 minutes on 2 CPU cores: a quarter of the default
-# batch (circuits within about +-30% of the batch-64 ones on the shipped pair; docs/results.md) and
-# node effects on 16 held-out examples. Flags override it; `sparsecircuits prune` uses the defaults.
-QUICKSTART_PRUNE: dict[str, Any] = {"batch_size": 16, "effect_examples": 16}
 
 
 @dataclass

@@ -1,4 +1,5 @@
-"""A training run: data, model, optimizer, the step loop, validation, checkpoints and resume.
+"""A training run of a weight-sparse model (Gao et al. 2025) or its dense twin: data, model, optimizer,
+the step loop (one step is `train.train_step`), validation, checkpoints and resume.
 
 `train_run(spec, out_dir, ...)` trains the model described by a `RunSpec` and writes into `out_dir`:
   metrics.jsonl                   one JSON line per logged step (loss, lr, L0, tokens/s, val loss)

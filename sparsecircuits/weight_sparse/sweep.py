@@ -13,7 +13,7 @@ over tasks of the circuit size (edges) that pruning needs to reach a target task
      pretraining corpus, same `PruneConfig` for all) and save `runs/<name>/circuits/<task>.json`; a
      circuit file made with the same pruning settings is reused, a deleted one is recomputed;
   4. summarise: a task is *reached* by a model when its circuit hits the absolute target loss
-     (`prune.target_loss`); pruning a model that cannot reach it aims for its own loss + slack,
+     (`PruneConfig.target_loss`); pruning a model that cannot reach it aims for its own loss + slack,
      and that circuit is recorded but not counted as reached. Two geometric means of edges per model:
      `geomean_common` over the tasks that *every* model of the sweep reaches (the headline and the
      frontier's y axis: same tasks for every point) and `geomean_all` over every task, unreached
@@ -34,84 +34,18 @@ from pathlib import Path
 from typing import Any
 
 from sparsecircuits.atomic import atomic_write_text
-from sparsecircuits.config_utils import config_diff, opt, require_at_least
-from sparsecircuits.data.corpus import DataConfig
+from sparsecircuits.config_utils import config_diff
 from sparsecircuits.graph import Circuit, geometric_mean
 from sparsecircuits.model import checkpoint as ckpt
 from sparsecircuits.model.config import ModelConfig
-from sparsecircuits.weight_sparse.presets import PRESETS, get_preset
+from sparsecircuits.weight_sparse.config import SweepConfig  # torch-free, for the CLI
+from sparsecircuits.weight_sparse.presets import get_preset
 from sparsecircuits.weight_sparse.prune import PruneConfig
 from sparsecircuits.weight_sparse.run import RESUMABLE, RunSpec, StepReport, train_run
 from sparsecircuits.weight_sparse.train import TrainConfig
 
 STATE = "sweep.json"
 FORMAT = "sparsecircuits-sweep-v1"
-
-
-@dataclass
-class SweepConfig:
-    widths: tuple[int, ...] = opt((32, 64), "d_model of the models (multiples of d_head); d_mlp = mlp_ratio x d_model")
-    weight_fracs: tuple[float, ...] = opt((0.25, 0.0625), "target kept fractions of the hidden matrices, one sparse model each; (0, 1)")
-    match_nonzeros: bool = opt(False, "weight_fracs hold at the smallest width; wider models keep the same nonzeros per matrix (fraction x (w0/w)^2)")
-    embed_ratio: float = opt(2.0, "embedding kept fraction = min(1, embed_ratio x hidden fraction)")
-    act_sparsities: tuple[float, ...] = opt((0.25,), "AbsTopK kept fractions of the sparse models; 1 = activation sparsity off")
-    dense_baselines: bool = opt(True, "also train a dense model at every width")
-    dense_act_sparsity: float = opt(1.0, "AbsTopK kept fraction of the dense baselines (1 = off: a standard transformer)")
-    preset: str = opt("tiny", f"base preset for every other model/training field: {' | '.join(PRESETS)}")
-    n_layers: int = opt(2, "transformer blocks of every model")
-    d_head: int = opt(16, "width of one attention head")
-    mlp_ratio: int = opt(4, "d_mlp / d_model")
-    n_ctx: int = opt(64, "training context in tokens")
-    steps: int = opt(300, "optimizer steps per model")
-    batch_size: int = opt(16, "sequences per step")
-    lr: float = opt(0.0, "peak learning rate; 0 = the preset's")
-    seed: int = opt(0, "seed of every run")
-    val_batches: int = opt(8, "validation batches for the final validation loss (same windows for every model)")
-    ckpt_every: int = opt(100, "steps between checkpoints (a killed sweep resumes from the newest)")
-    tasks: tuple[str, ...] = opt(("single_double_quote", "bracket_type"), "tasks pruned on every model")
-    n_examples: int = opt(128, "examples per task (half train the gates, half held out for the bisection)")
-    data: DataConfig = opt(DataConfig(vocab_size=1024), "training corpus and tokenizer, shared by every model")
-    # Node ablation effects are not needed for circuit sizes and cost one forward per node: off by default.
-    prune: PruneConfig = opt(PruneConfig(max_effect_nodes=0), "pruning settings, the same for every model and task")
-
-    def __post_init__(self) -> None:
-        # CLI flags arrive as strings, JSON as lists.
-        self.widths = tuple(int(w) for w in self.widths)
-        self.weight_fracs = tuple(float(f) for f in self.weight_fracs)
-        self.act_sparsities = tuple(float(a) for a in self.act_sparsities)
-        self.tasks = tuple(str(t) for t in self.tasks)
-        if isinstance(self.data, dict):
-            self.data = DataConfig(**self.data)
-        if isinstance(self.prune, dict):
-            self.prune = PruneConfig(**self.prune)
-        require_at_least(self, 1, "n_layers", "d_head", "mlp_ratio", "steps", "batch_size", "val_batches")
-        if self.ckpt_every < 0 or self.lr < 0 or self.embed_ratio <= 0 or self.n_ctx < 8 or self.n_examples < 4:
-            raise ValueError("SweepConfig needs ckpt_every >= 0, lr >= 0, embed_ratio > 0, n_ctx >= 8, n_examples >= 4")
-        bad_w = [w for w in self.widths if w < self.d_head or w % self.d_head]
-        if not self.widths or bad_w:
-            raise ValueError(f"SweepConfig.widths must be non-empty multiples of d_head={self.d_head}, got {self.widths}")
-        if any(not 0 < f < 1 for f in self.weight_fracs):
-            raise ValueError(f"SweepConfig.weight_fracs must be in (0, 1) (dense models: dense_baselines), got {self.weight_fracs}")
-        if any(not 0 < a <= 1 for a in (*self.act_sparsities, self.dense_act_sparsity)):
-            raise ValueError("SweepConfig.act_sparsities and dense_act_sparsity must be in (0, 1] (1 = off)")
-        for name in ("widths", "weight_fracs", "act_sparsities", "tasks"):
-            values = getattr(self, name)
-            if len(set(values)) != len(values):
-                raise ValueError(f"SweepConfig.{name} holds duplicates: {values}")
-        if not self.dense_baselines and not (self.weight_fracs and self.act_sparsities):
-            raise ValueError("SweepConfig: empty grid (no weight_fracs or act_sparsities, and no dense baselines)")
-        if not self.tasks:
-            raise ValueError("SweepConfig.tasks must name at least one task (see `sparsecircuits tasks`)")
-        from sparsecircuits.tasks.base import get_task
-
-        for t in self.tasks:
-            get_task(t)  # TaskError (a ValueError) naming the known tasks
-        get_preset(self.preset)
-
-    def to_dict(self) -> dict[str, Any]:
-        d = dataclasses.asdict(self)
-        d["data"]["sources"] = list(self.data.sources)
-        return json.loads(json.dumps(d))
 
 
 @dataclass(frozen=True)

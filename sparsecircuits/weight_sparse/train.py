@@ -6,7 +6,7 @@ One step (`train_step`):
   3. Adam, betas (0.9, 0.95), eps 0.1 by default, at the scheduled learning rate: 1% linear warmup,
      linear decay to zero, times sqrt(L0_target / L0_now) while the weights are being sparsified;
   4. weight sparsity: every matrix of `Transformer.sparse_weights()` keeps its top-k |w| with at
-     least `min_per_neuron` per neuron (`sparsity.project_`), k following the linear L0 schedule;
+     least `min_per_neuron` per neuron (`model/sparsity.py`'s `project_`), k following the linear L0 schedule;
   5. decoupled weight decay after the projection, w <- w - wd * lr * w, on matrices but not on the
      bigram table, biases, norms or sinks (zeros stay zero).
 
@@ -22,8 +22,6 @@ the gradients are averaged before step 2 and every later step is identical on ev
 
 from __future__ import annotations
 
-import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,80 +30,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from sparsecircuits.config_utils import opt, require_at_least
-from sparsecircuits.model.sparsity import kept_fraction, project_, target_nonzeros
+from sparsecircuits.model.sparsity import project_, target_nonzeros
 from sparsecircuits.model.transformer import Transformer
-
-PRECISIONS = ("auto", "fp32", "bf16")
-_DEVICE_RE = re.compile(r"auto|cpu|cuda(:\d+)?")
-
-
-@dataclass
-class TrainConfig:
-    steps: int = opt(1500, "optimizer steps")
-    batch_size: int = opt(16, "sequences per step (each n_ctx tokens)")
-    lr: float = opt(1e-2, "peak learning rate")
-    warmup_frac: float = opt(0.01, "fraction of steps of linear warmup; [0, 1)")
-    beta1: float = opt(0.9, "Adam beta1")
-    beta2: float = opt(0.95, "Adam beta2")
-    eps: float = opt(0.1, "Adam epsilon (Gao et al. use a large 0.1)")
-    weight_decay: float = opt(0.1, "decoupled weight decay, applied after the sparsity projection")
-    grad_rms_norm: bool = opt(True, "rescale the gradient to global RMS 1 every step")
-    dense: bool = opt(False, "train the dense twin: no weight sparsity, same shapes")
-    weight_frac: float = opt(0.125, "target kept fraction of hidden matrices (q,k,v,o,MLP); (0, 1]")
-    embed_frac: float = opt(0.25, "target kept fraction of the embedding and unembedding; (0, 1]")
-    min_per_neuron: int = opt(4, "nonzeros every neuron/channel keeps at least (j)")
-    anneal_start: float = opt(0.01, "fraction of training at which sparsification starts")
-    anneal_end: float = opt(0.5, "fraction of training at which the target L0 is reached")
-    lr_l0_scaling: bool = opt(True, "multiply the lr by sqrt(L0_target / L0_now) while annealing")
-    seed: int = opt(0, "seed of the initialisation and of the batch order")
-    val_every: int = opt(250, "steps between validation-loss evaluations (0 = only at the end)")
-    val_batches: int = opt(8, "validation batches per evaluation")
-    ckpt_every: int = opt(500, "steps between checkpoints (0 = only at the end)")
-    keep_checkpoints: int = opt(2, "most recent checkpoints kept in the run folder (>= 1)")
-    log_every: int = opt(10, "steps between lines of metrics.jsonl")
-    device: str = opt("auto", "torch device: auto (cuda if available) | cpu | cuda | cuda:N")
-    precision: str = opt("auto", f"compute precision: {' | '.join(PRECISIONS)} (auto = bf16 on GPU, fp32 on CPU)")
-    threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
-    compile: bool = opt(False, "torch.compile the forward pass (mostly useful on GPU; on CPU it needs a C++ compiler)")
-    fused_adam: bool = opt(True, "use the fused Adam kernel when training on CUDA (never on CPU)")
-    init_from: str = opt("", "checkpoint folder whose weights start the run: continued training with a fresh "
-                         "optimizer and lr schedule (same shapes and tokenizer; empty = random init)")
-
-    def __post_init__(self) -> None:
-        positive = ("steps", "batch_size", "val_batches", "keep_checkpoints", "log_every")
-        require_at_least(self, 1, *positive)
-        require_at_least(self, 0, "val_every", "ckpt_every", "threads", "min_per_neuron")
-        for name in ("weight_frac", "embed_frac"):
-            if not 0.0 < getattr(self, name) <= 1.0:
-                raise ValueError(f"TrainConfig.{name} must be in (0, 1], got {getattr(self, name)}")
-        if not 0.0 <= self.warmup_frac < 1.0:
-            raise ValueError(f"TrainConfig.warmup_frac must be in [0, 1), got {self.warmup_frac}")
-        if not 0.0 <= self.anneal_start <= self.anneal_end <= 1.0:
-            raise ValueError("TrainConfig.anneal_start and anneal_end must satisfy 0 <= start <= end <= 1")
-        if self.lr <= 0 or self.eps <= 0 or self.weight_decay < 0:
-            raise ValueError("TrainConfig.lr and eps must be > 0 and weight_decay >= 0")
-        if not (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1):
-            raise ValueError("TrainConfig.beta1 and beta2 must be in [0, 1)")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"TrainConfig.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not _DEVICE_RE.fullmatch(self.device):
-            raise ValueError(f"TrainConfig.device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
-
-    def kept(self, step: int) -> dict[str, float]:
-        """Scheduled kept fraction per weight group at a step (1.0 everywhere for the dense twin)."""
-        if self.dense:
-            return {"hidden": 1.0, "embed": 1.0}
-        f = {"hidden": self.weight_frac, "embed": self.embed_frac}
-        return {g: kept_fraction(step, self.steps, t, self.anneal_start, self.anneal_end) for g, t in f.items()}
-
-    def lr_at(self, step: int) -> float:
-        """Learning rate at a step: warmup, linear decay, times sqrt(L0_target / L0_now)."""
-        warm = max(1, int(round(self.warmup_frac * self.steps)))
-        base = self.lr * min((step + 1) / warm, max(0.0, (self.steps - step) / max(1, self.steps - warm)))
-        if self.lr_l0_scaling and not self.dense:
-            base *= math.sqrt(self.weight_frac / self.kept(step)["hidden"])
-        return base
+from sparsecircuits.weight_sparse.config import TrainConfig  # torch-free, for the CLI
 
 
 def resolve_device(name: str) -> torch.device:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from conftest import tiny_model
-from sparsecircuits.cli.app import main
+from sparsecircuits.cli import main
 from sparsecircuits.graph import Circuit
 from sparsecircuits.model.checkpoint import save_checkpoint
 from sparsecircuits.tasks.base import get_task, tokenize_task

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from sparsecircuits.cli.app import main
+from sparsecircuits.cli import main
 from sparsecircuits.data.task_corpus import (
     TRAIN_NAMES,
     TRAIN_OBJECTS,

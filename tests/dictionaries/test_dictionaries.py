@@ -36,10 +36,10 @@ def _dict(arch: str, width: int = 64, d: int = 16, **kw) -> torch.nn.Module:
 
 
 def test_registry_drives_cli_choices():
-    from sparsecircuits.cli.app import build_parser
+    from sparsecircuits.cli.main import build_parser
 
     assert set(ARCHITECTURES) >= {"relu", "topk", "batchtopk", "jumprelu"}
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    sub = next(a for a in build_parser("train-dict")._actions if a.dest == "command")
     arch = next(a for a in sub.choices["train-dict"]._actions if a.dest == "arch")
     assert sorted(arch.choices) == sorted(ARCHITECTURES)
 

@@ -211,7 +211,7 @@ def test_pickle_only_through_explicit_conversion(tmp_path):
 
 
 def test_convert_dict_cli(tmp_path):
-    from sparsecircuits.cli.app import main
+    from sparsecircuits.cli import main
 
     pt = tmp_path / "tc.pt"
     _dunefsky_pickle(pt)

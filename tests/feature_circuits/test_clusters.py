@@ -136,7 +136,7 @@ def test_index_page_escapes_hostile_strings():
 def test_cli_reports_missing_dictionaries(tmp_path, capsys):
     from pathlib import Path
 
-    from sparsecircuits.cli.app import main
+    from sparsecircuits.cli import main
 
     qs = Path(__file__).resolve().parents[2] / "sparsecircuits" / "assets" / "quickstart" / "sparse"
     rc = main(["clusters", "--model", str(qs), "--dicts", str(tmp_path / "none"), "--out", str(tmp_path / "o")])
@@ -169,7 +169,7 @@ def test_cli_clusters_end_to_end(corpus, tmp_path, monkeypatch):
     from pathlib import Path
 
     import sparsecircuits.cli.clusters as cli_clusters
-    from sparsecircuits.cli.app import main
+    from sparsecircuits.cli import main
     from sparsecircuits.data.corpus import stdlib_dir
     from sparsecircuits.dictionaries import save_dictionary
     from sparsecircuits.graph import Circuit

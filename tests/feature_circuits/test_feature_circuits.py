@@ -252,7 +252,7 @@ TOKENIZER = Path(__file__).resolve().parents[2] / "sparsecircuits" / "assets" / 
 def test_feature_circuit_cli(tmp_path, capsys):
     from tokenizers import Tokenizer
 
-    from sparsecircuits.cli.app import main
+    from sparsecircuits.cli import main
     from sparsecircuits.model.checkpoint import save_checkpoint
     from sparsecircuits.viz.data import page_data
 

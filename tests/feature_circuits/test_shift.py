@@ -163,7 +163,7 @@ def test_probe_circuit_rejects_sites_after_the_probe(planted):
 
 
 def test_cli_reports_a_missing_ablate_file(tmp_path, capsys):
-    from sparsecircuits.cli.app import main
+    from sparsecircuits.cli import main
     from sparsecircuits.dictionaries import save_dictionary
 
     save_dictionary(make_dictionary(DictConfig(arch="relu", hook="blocks.0.hook_resid_post", d_in=128, width=8)),
@@ -193,7 +193,7 @@ def test_cli_shift_auto_then_the_edited_ablate_file(tmp_path, monkeypatch):
 
     import sparsecircuits.cli.shift as cli_shift
     import sparsecircuits.feature_circuits.shift as shift_mod
-    from sparsecircuits.cli.app import main
+    from sparsecircuits.cli import main
     from sparsecircuits.dictionaries import save_dictionary
     from sparsecircuits.graph import Circuit
 

@@ -230,7 +230,7 @@ def test_tokenizer_and_context_cap(saved, tmp_path):
 def test_cli_tasks_evaluates_a_hugging_face_folder(tmp_path, capsys):
     import inspect
 
-    from sparsecircuits.cli.app import main
+    from sparsecircuits.cli import main
     from sparsecircuits.data.tokenizer import save_tokenizer, train_tokenizer
 
     tok = train_tokenizer([Path(inspect.__file__).read_text()], 384)

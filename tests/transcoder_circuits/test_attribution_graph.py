@@ -267,7 +267,7 @@ def test_cli_graph_paths_and_de_embed(tmp_path, capsys):
 
     from tokenizers import Tokenizer
 
-    from sparsecircuits.cli.app import main
+    from sparsecircuits.cli import main
     from sparsecircuits.dictionaries import save_dictionary
     from sparsecircuits.model.checkpoint import save_checkpoint
 

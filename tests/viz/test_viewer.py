@@ -149,7 +149,7 @@ def test_page_with_a_model_reproduces_the_pruning_numbers(pruned):
 
 
 def test_view_cli_without_a_model(tmp_path):
-    from sparsecircuits.cli.app import main
+    from sparsecircuits.cli import main
 
     c = small_circuit()
     c.save(tmp_path / "c.json")

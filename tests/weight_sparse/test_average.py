@@ -6,7 +6,7 @@ import pytest
 import torch
 from test_run import spec
 
-from sparsecircuits.cli.app import main
+from sparsecircuits.cli import main
 from sparsecircuits.model.checkpoint import load_checkpoint, step_dir
 from sparsecircuits.model.sparsity import topk_mask
 from sparsecircuits.weight_sparse.average import AverageError, average_checkpoints, record_validation_loss

@@ -195,12 +195,11 @@ def test_circuit_channels_map_readers_and_writers_to_resid_sites():
 
 
 def test_cli_parses_both_commands():
-    from sparsecircuits.cli.app import build_parser
+    from sparsecircuits.cli.main import build_parser
 
-    p = build_parser()
-    a = p.parse_args(["train-bridges", "--dense", "d", "--sparse-init", "s", "--out", "o", "--steps", "3",
+    a = build_parser("train-bridges").parse_args(["train-bridges", "--dense", "d", "--sparse-init", "s", "--out", "o", "--steps", "3",
                       "--kl-coef", "0.5"])
     assert str(a.dense) == "d" and a.__dict__["TrainConfig.steps"] == 3 and a.__dict__["BridgeConfig.kl_coef"] == 0.5
-    b = p.parse_args(["bridge-intervene", "--bridges", "b", "--task", "single_double_quote", "--site",
+    b = build_parser("bridge-intervene").parse_args(["bridge-intervene", "--bridges", "b", "--task", "single_double_quote", "--site",
                       "blocks.1.hook_resid_mid", "--channels", "3", "17", "--mode", "steer", "--alpha", "2"])
     assert b.channels == [3, 17] and b.mode == "steer" and b.alpha == 2.0

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from sparsecircuits.cli.app import main
+from sparsecircuits.cli import main
 from sparsecircuits.data.corpus import DataConfig
 from sparsecircuits.graph import Circuit
 from sparsecircuits.model import ModelConfig

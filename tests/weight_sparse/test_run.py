@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from sparsecircuits.cli.app import main
+from sparsecircuits.cli import main
 from sparsecircuits.data.corpus import DataConfig
 from sparsecircuits.model import ModelConfig
 from sparsecircuits.weight_sparse.info import checkpoint_info

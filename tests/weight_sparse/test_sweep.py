@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 
-from sparsecircuits.cli.app import main
+from sparsecircuits.cli import main
 from sparsecircuits.data.corpus import DataConfig
 from sparsecircuits.graph import geometric_mean
 from sparsecircuits.model.checkpoint import list_steps

@@ -1,0 +1,65 @@
+"""Loading what several commands take: a model (one of our checkpoints or a Hugging Face model), a
+task for it (`--task` / `--task-file`, flags from `model_task_flags`) and dictionary folders. Library
+code is imported inside the functions, so the CLI starts without torch."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+
+def model_task_flags(p: argparse.ArgumentParser) -> None:
+    """--model, --task / --task-file and --n-examples (read by `load_model` and `load_task`)."""
+    p.add_argument("--model", required=True, help="our checkpoint / run folder, or a Hugging Face folder or cached name")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--task", help="a built-in task (see `sparsecircuits tasks`)")
+    src.add_argument("--task-file", type=Path, help="a JSONL task: prompt, correct, incorrect[, counterfactual]")
+    p.add_argument("--n-examples", type=int, default=64, help="examples of a built-in task (default: 64)")
+
+
+def load_model(name: str | Path) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, checkpoint-or-None) from our checkpoint or a Hugging Face folder / name."""
+    from sparsecircuits.data.tokenizer import load_tokenizer
+    from sparsecircuits.model.checkpoint import load_checkpoint
+    from sparsecircuits.model.load import load_pretrained
+
+    path = Path(name)
+    cfg = path / "config.json"
+    ours = path.exists() and (not cfg.exists() or "model_type" not in json.loads(cfg.read_text()))
+    if ours:
+        ck = load_checkpoint(path)
+        if ck.tokenizer_path is None:
+            raise ValueError(f"{ck.path} has no tokenizer.json; tasks need the model's tokenizer")
+        return ck.model.eval(), load_tokenizer(ck.tokenizer_path), ck
+    pre = load_pretrained(name)
+    if pre.tokenizer is None:
+        raise ValueError(f"{pre.path} has no tokenizer.json; tasks need the model's tokenizer")
+    return pre.model.eval(), pre.tokenizer, None
+
+
+def load_task(args: argparse.Namespace, model: Any, tok: Any, name: str | None = None) -> Any:
+    """The task of `--task-file`, else the built-in task `name` (default `--task`), for the model."""
+    from sparsecircuits.tasks.base import load_jsonl_task
+    from sparsecircuits.tasks.base import load_task as load_builtin
+
+    if name is None and getattr(args, "task_file", None):
+        return load_jsonl_task(args.task_file, tok, model.cfg.n_ctx)
+    return load_builtin(name or args.task, tok, model.cfg.n_ctx, args.n_examples)
+
+
+def load_dictionaries(paths: list[Path]) -> list[Any]:
+    """Every dictionary folder named, or found one level below a named folder."""
+    from sparsecircuits.dictionaries.formats import CFG, load_dictionary
+
+    out = []
+    for path in paths:
+        path = Path(path)
+        if not path.exists():
+            raise FileNotFoundError(f"dictionary path {str(path)!r} does not exist")
+        folders = [path] if (path / CFG).exists() else sorted(p for p in path.iterdir() if (p / CFG).exists())
+        if not folders:
+            raise ValueError(f"{str(path)!r} holds no dictionary ({CFG}) and no folders with one")
+        out += [load_dictionary(f) for f in folders]
+    return out
