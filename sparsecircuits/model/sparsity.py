@@ -5,6 +5,7 @@ Three pure pieces, used by the model and the training loop:
 
 * `abs_topk(x, frac)` — activation sparsity: per token keep the `k = round(frac * d)` entries of
   largest magnitude along the last dimension, zero the rest. Gradients flow through kept entries.
+  `abs_topk_mask` is its selection alone (a 0/1 mask).
 * `topk_mask(w, k, min_per_neuron, neuron_dim)` / `project_(w, ...)` — weight sparsity: keep exactly
   `k` entries of a matrix by |w|: the `j` largest of every neuron (every slice along `neuron_dim`), so
   no neuron is left with fewer than `j` connections, plus the largest of the remaining entries.
@@ -47,18 +48,27 @@ _SAME_ORDER_INT = {torch.float32: torch.int32, torch.float64: torch.int64, torch
                    torch.bfloat16: torch.int16}
 
 
-def abs_topk(x: Float[Tensor, "... d"], frac: float) -> Float[Tensor, "... d"]:
-    """Keep the round(frac * d) largest-|x| entries of the last dimension (at least 1); zero the rest."""
+def abs_topk_mask(x: Float[Tensor, "... d"], frac: float) -> Float[Tensor, "... d"] | None:
+    """The selection of AbsTopK as a 0/1 mask of x's dtype (1 = kept), or None when it keeps everything.
+
+    The mask is built from |x| without a gradient, so `x * mask` passes gradients to the kept entries
+    only, and a fixed mask makes AbsTopK the linear map `x -> mask * x` (what the models' `*_keep` hooks
+    expose and what attribution graphs freeze)."""
     d = x.shape[-1]
     k = topk_count(d, frac)
     if k >= d:
-        return x
+        return None
     mag = x.detach().abs()
     if mag.device.type == "cpu" and mag.dtype in _SAME_ORDER_INT:
         mag = mag.view(_SAME_ORDER_INT[mag.dtype])
     idx = mag.topk(k, dim=-1, sorted=False).indices
-    mask = torch.zeros_like(x).scatter_(-1, idx, 1.0)
-    return x * mask
+    return torch.zeros_like(x, requires_grad=False).scatter_(-1, idx, 1.0)
+
+
+def abs_topk(x: Float[Tensor, "... d"], frac: float) -> Float[Tensor, "... d"]:
+    """Keep the round(frac * d) largest-|x| entries of the last dimension (at least 1); zero the rest."""
+    mask = abs_topk_mask(x, frac)
+    return x if mask is None else x * mask
 
 
 def topk_count(d: int, frac: float) -> int:

@@ -13,7 +13,12 @@ A pre-norm GPT-style transformer driven by `ModelConfig`. Weights are stored in 
   added to the logits, so sparse weights need not store bigram statistics.
 * AbsTopK activation sparsity (Gao et al.) at up to eight sites — attention input, q, k, v,
   attention output, MLP input, MLP neurons, MLP output — keeping the largest-|x| fraction per token.
-  It is applied *before* the site's hook, so hooks see what the next layer reads.
+  It is applied *before* the site's hook, so hooks see what the next layer reads. Its selection (a
+  0/1 float mask shaped like the activation) passes through a `*_keep` hook first, which exists only
+  where AbsTopK is on: `blocks.{L}.ln1.hook_keep` (attn_in), `attn.hook_q_keep|hook_k_keep|hook_v_keep`,
+  `blocks.{L}.hook_attn_out_keep`, `ln2.hook_keep` (mlp_in), `mlp.hook_post_keep` (mlp_neurons),
+  `blocks.{L}.hook_mlp_out_keep`. Reading it gives the live selection; replacing it freezes the
+  selection (AbsTopK is then the linear map `x -> S * x`; attribution graphs do this).
 * Grouped-query attention (`n_kv_heads`), computed natively: query head h uses key/value head
   h // (n_heads / n_kv_heads), the same grouping as Hugging Face's `repeat_kv`, without copies.
 * Parallel attention + MLP (GPT-NeoX): both read the block input; there is then no `hook_resid_mid`.
@@ -63,11 +68,22 @@ from torch import Tensor, nn
 
 from sparsecircuits.model.config import GATED_ACTIVATIONS, ModelConfig
 from sparsecircuits.model.hooks import HookedModule, HookPoint
-from sparsecircuits.model.sparsity import SparseWeight, abs_topk
+from sparsecircuits.model.sparsity import SparseWeight, abs_topk_mask
 
 
-def _maybe_topk(x: Tensor, cfg: ModelConfig, site: str) -> Tensor:
-    return abs_topk(x, cfg.act_sparsity) if cfg.sparse_at(site) else x
+def _maybe_topk(x: Tensor, cfg: ModelConfig, site: str, keep: HookPoint | None = None) -> Tensor:
+    """AbsTopK at `site` if it is on there; its 0/1 selection passes through the site's `*_keep` hook."""
+    if not cfg.sparse_at(site):
+        return x
+    mask = abs_topk_mask(x, cfg.act_sparsity)
+    if mask is None:
+        return x
+    return x * (keep(mask) if keep is not None else mask)
+
+
+def _keep_hook(cfg: ModelConfig, site: str) -> HookPoint | None:
+    """The hook on AbsTopK's selection at `site` (only where AbsTopK is on)."""
+    return HookPoint() if cfg.sparse_at(site) else None
 
 
 class Norm(nn.Module):
@@ -80,6 +96,8 @@ class Norm(nn.Module):
         self.b = nn.Parameter(torch.zeros(cfg.d_model)) if cfg.norm == "layer" else None
         self.hook_scale = HookPoint()  # [batch, pos, 1]
         self.hook_normalized = HookPoint()  # [batch, pos, d_model]
+        if sparsity_site is not None:
+            self.hook_keep = _keep_hook(cfg, sparsity_site)  # AbsTopK's selection (module docstring)
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         if self.b is not None:
@@ -89,7 +107,7 @@ class Norm(nn.Module):
         if self.b is not None:
             out = out + self.b
         if self.site is not None:
-            out = _maybe_topk(out, self.cfg, self.site)
+            out = _maybe_topk(out, self.cfg, self.site, self.hook_keep)
         return self.hook_normalized(out)
 
 
@@ -136,6 +154,8 @@ class Attention(nn.Module):
         self.sink = nn.Parameter(torch.zeros(H)) if cfg.attn_sink else None
         for name in ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z"):
             setattr(self, name, HookPoint())
+        for site in ("q", "k", "v"):  # AbsTopK's selection on the projections, [batch, pos, n * d_head]
+            setattr(self, f"hook_{site}_keep", _keep_hook(cfg, site))
         if cfg.positions == "rotary":
             self.hook_rot_q, self.hook_rot_k = HookPoint(), HookPoint()
             # Not buffers: model.to(bfloat16) must not round the frequencies, and tables for all of
@@ -160,7 +180,7 @@ class Attention(nn.Module):
         return torch.cat((x_rot * cos + _rotate_half(x_rot) * sin, x_pass), dim=-1)
 
     def _project(self, x: Tensor, W: Tensor, b: Tensor | None, site: str, n: int) -> Tensor:
-        y = _maybe_topk(F.linear(x, W, b), self.cfg, site)
+        y = _maybe_topk(F.linear(x, W, b), self.cfg, site, getattr(self, f"hook_{site}_keep"))
         return y.view(*x.shape[:2], n, self.cfg.d_head)
 
     def _project_split(self, x: Tensor, W: Tensor, b: Tensor | None, site: str) -> Tensor:
@@ -169,7 +189,8 @@ class Attention(nn.Module):
         y = torch.einsum("bpnd,ned->bpne", x, W.view(n, self.cfg.d_head, d))
         if b is not None:
             y = y + b.view(n, self.cfg.d_head)
-        return _maybe_topk(y.reshape(B, T, -1), self.cfg, site).view(B, T, n, self.cfg.d_head)
+        return _maybe_topk(y.reshape(B, T, -1), self.cfg, site, getattr(self, f"hook_{site}_keep")).view(
+            B, T, n, self.cfg.d_head)
 
     def forward(
         self, x: Float[Tensor, "batch pos d_model"] | None, split: tuple[Tensor, Tensor, Tensor] | None = None,
@@ -292,6 +313,7 @@ class MLP(nn.Module):
         if gated:
             self.hook_pre_linear = HookPoint()  # the linear (up) branch of a gated MLP
         self.hook_post = HookPoint()  # [batch, pos, d_mlp], the neurons
+        self.hook_post_keep = _keep_hook(cfg, "mlp_neurons")  # AbsTopK's selection of the neurons
 
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         act = self.cfg.act
@@ -307,7 +329,7 @@ class MLP(nn.Module):
                 h = F.gelu(pre, approximate="tanh")
             else:
                 h = F.relu(pre)
-        h = self.hook_post(_maybe_topk(h, self.cfg, "mlp_neurons"))
+        h = self.hook_post(_maybe_topk(h, self.cfg, "mlp_neurons", self.hook_post_keep))
         return F.linear(h, self.W_out, self.b_out)
 
 
@@ -328,6 +350,8 @@ class Block(nn.Module):
         if not cfg.parallel_attn_mlp:
             self.hook_resid_mid = HookPoint()
         self.hook_mlp_out, self.hook_resid_post = HookPoint(), HookPoint()
+        # AbsTopK's selections on the block's outputs (where it is on), before hook_attn_out / hook_mlp_out.
+        self.hook_attn_out_keep, self.hook_mlp_out_keep = _keep_hook(cfg, "attn_out"), _keep_hook(cfg, "mlp_out")
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"], at: Int[Tensor, " batch"] | None = None
                 ) -> Float[Tensor, "batch pos d_model"]:
@@ -345,7 +369,7 @@ class Block(nn.Module):
             resid = resid[torch.arange(len(resid), device=resid.device), at].unsqueeze(1)
         if cfg.post_norms:
             attn_out = self.ln1_post(attn_out)
-        attn_out = self.hook_attn_out(_maybe_topk(attn_out, cfg, "attn_out"))
+        attn_out = self.hook_attn_out(_maybe_topk(attn_out, cfg, "attn_out", self.hook_attn_out_keep))
         if cfg.parallel_attn_mlp:
             mlp_in = resid
         else:
@@ -353,7 +377,7 @@ class Block(nn.Module):
         mlp_out = self.mlp(self.ln2(self.hook_mlp_in(mlp_in)))
         if cfg.post_norms:
             mlp_out = self.ln2_post(mlp_out)
-        mlp_out = self.hook_mlp_out(_maybe_topk(mlp_out, cfg, "mlp_out"))
+        mlp_out = self.hook_mlp_out(_maybe_topk(mlp_out, cfg, "mlp_out", self.hook_mlp_out_keep))
         if cfg.parallel_attn_mlp:
             return self.hook_resid_post(resid + attn_out + mlp_out)
         return self.hook_resid_post(resid + mlp_out)

@@ -397,3 +397,52 @@ def test_dense_twin_step_keeps_matrices_dense():
     params = dict(model.named_parameters())
     for sw in model.sparse_weights():
         assert int((params[sw.name] != 0).sum()) == params[sw.name].numel(), sw.name
+
+
+SITE_KEEPS = {"attn_in": "blocks.{L}.ln1.hook_keep", "q": "blocks.{L}.attn.hook_q_keep",
+              "k": "blocks.{L}.attn.hook_k_keep", "v": "blocks.{L}.attn.hook_v_keep",
+              "attn_out": "blocks.{L}.hook_attn_out_keep", "mlp_in": "blocks.{L}.ln2.hook_keep",
+              "mlp_neurons": "blocks.{L}.mlp.hook_post_keep", "mlp_out": "blocks.{L}.hook_mlp_out_keep"}
+
+
+def test_keep_hooks_exist_exactly_where_abstopk_is_on():
+    model = tiny_model(act_sparsity=0.5, act_sparsity_sites=("q", "attn_out", "mlp_neurons"))
+    keeps = {n for n in model.hook_points if n.endswith("keep")}
+    want = {SITE_KEEPS[s].format(L=L) for s in ("q", "attn_out", "mlp_neurons") for L in range(model.cfg.n_layers)}
+    assert keeps == want
+    assert not any(n.endswith("keep") for n in tiny_model(act_sparsity=1.0).hook_points)
+
+
+def test_keep_hooks_read_the_live_selection_and_freezing_it_linearises_abstopk():
+    """The `*_keep` hooks see AbsTopK's 0/1 selection (kept = nonzero after the site); a frozen
+    selection makes the site the linear map x -> S * x, so the logits of a frozen run with a scaled
+    residual input are those of applying the fixed masks (checked at attn_out: scaling the block's
+    attention output pre-selection scales the post-selection output exactly)."""
+    sites = tuple(SITE_KEEPS)
+    model = tiny_model(act_sparsity=0.5, act_sparsity_sites=sites)
+    toks = tokens()
+    names = [SITE_KEEPS[s].format(L=0) for s in sites]
+    logits, cache = model.run_with_cache(toks, names_filter=names + ["blocks.0.hook_attn_out", "blocks.0.hook_mlp_out"])
+    for s, n in zip(sites, names):
+        mask = cache[n]
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}, s
+        frac = mask.mean().item()
+        assert 0.3 < frac < 0.7, (s, frac)
+    # Kept entries of the outputs are exactly the nonzeros (random weights: no exact zeros otherwise).
+    assert torch.equal(cache["blocks.0.hook_attn_out"] != 0, cache[names[4]].bool())
+    assert torch.equal(cache["blocks.0.hook_mlp_out"] != 0, cache[names[7]].bool())
+    # Replacing the selection with the recorded one changes nothing; with a different one, it does.
+    frozen = [(n, (lambda v: lambda x, hook: v)(cache[n])) for n in names]
+    with model.hooks(frozen):
+        assert torch.equal(model(toks), logits)
+    flipped = [(names[4], lambda x, hook: 1.0 - x)]
+    with model.hooks(flipped):
+        assert not torch.allclose(model(toks), logits)
+
+
+def test_abs_topk_mask_is_the_selection_of_abs_topk():
+    x = torch.randn(4, 7, 32)
+    mask = sparsity.abs_topk_mask(x, 0.25)
+    assert torch.equal(x * mask, abs_topk(x, 0.25))
+    assert mask.sum(-1).eq(8).all()
+    assert sparsity.abs_topk_mask(x, 1.0) is None
