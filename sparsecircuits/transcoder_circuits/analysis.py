@@ -1,5 +1,7 @@
 """Dunefsky et al. (2024), "Transcoders find interpretable LLM feature circuits": weight-based and
-path-based analyses of transcoder features. Norms are treated as constants (their frozen scales).
+path-based analyses of transcoder features. Norms are treated as constants (their frozen scales);
+the path search also holds AbsTopK selections (activation sparsity) fixed, as `replacement.py` does,
+and reads attention outputs through post-norms. The weight-based analyses ignore both.
 
 * `input_invariant`: the input-independent part of feature i → feature i′ attribution, d_i · e_i′
   (decoder row of an earlier transcoder · encoder column of a later one), top-k over i′.
@@ -12,7 +14,8 @@ path-based analyses of transcoder features. Norms are treated as constants (thei
   P[h,p,s] (u_h · ln1(x)_s), the token embedding — extend every frontier path by its `branches`
   largest contributors, and keep the `branches` best paths globally (|attribution|), for `steps`
   steps. A feature child carries the vector (d_j · v) e_j (the feature is linear where active), a
-  head child the vector P[h,p,s] · ln1ᵀ(W_V,hᵀ W_O,hᵀ v) at the source position. Paths merge into a
+  head child the vector P[h,p,s] · ln1ᵀ(W_V,hᵀ W_O,hᵀ v) at the source position (with the frozen
+  selections S ⊙ · after ln1, on v and on the attention output, and ln1_postᵀ, where the model has them). Paths merge into a
   tree in which every expanded node also gets transcoder-error, bias and pruning-error children, so
   a node's children sum exactly to its value (tested).
 """
@@ -101,9 +104,8 @@ def feature_root(model: Transformer, st: FrozenState, transcoders: dict[int, Dic
     f = int(pre.argmax()) if feature is None else feature
     e, const = tc.W_enc[:, f], float(tc.b_enc[f])
     if st.sites[layer] == "ln2.hook_normalized":
-        ln2 = model.blocks[layer].ln2
-        const += float(e @ ln2.b) if ln2.b is not None else 0.0
-        e = _norm_T(e, ln2, st.scales[f"blocks.{layer}.ln2.hook_scale"][pos])
+        const += float(e @ _ln2_bias(model, st, layer, pos))
+        e = _feature_vector(model, tc, st, layer, pos, f, 1.0)
     return Root(e, layer, "mlp", pos, const, float(pre[f]), f"L{layer} feature {f} @ {pos}")
 
 
@@ -194,15 +196,83 @@ class _Cand:
     const: float = 0.0
 
 
+def _ln2_bias(model: Transformer, st: FrozenState, m: int, pos: int) -> Tensor:
+    """What ln2's bias adds to its output at `pos` (after ln2's frozen AbsTopK selection, if any)."""
+    ln2 = model.blocks[m].ln2
+    if ln2.b is None:
+        return ln2.w.new_zeros(ln2.w.shape)
+    keep = st.keep(f"blocks.{m}.ln2.hook_keep")
+    return ln2.b if keep is None else ln2.b * keep[pos]
+
+
 def _feature_vector(model: Transformer, tc: Dictionary, st: FrozenState, m: int, pos: int, f: int, dv: float) -> Tensor:
+    """The residual-stream read of dv × feature f's pre-activation at (m, pos): through ln2's frozen
+    selection and scale when the transcoder reads `ln2.hook_normalized`."""
     vec = tc.W_enc[:, f] * dv
     if st.sites[m] == "ln2.hook_normalized":
+        keep = st.keep(f"blocks.{m}.ln2.hook_keep")
+        vec = vec if keep is None else vec * keep[pos]
         vec = _norm_T(vec, model.blocks[m].ln2, st.scales[f"blocks.{m}.ln2.hook_scale"][pos])
     return vec
 
 
-def _head_vector(p: Tensor, u: Tensor, ln1: Norm, scale: Tensor) -> Tensor:
-    return p * _norm_T(u, ln1, scale)
+def _attn_out_read(model: Transformer, st: FrozenState, a: int, pos: int, v: Tensor) -> tuple[Tensor, float]:
+    """v · hook_attn_out[pos] of block `a` as w · (W_O z + b_O) + const: through the frozen AbsTopK
+    selection on the attention output and the frozen post-norm ln1_post, when the model has them."""
+    block, const = model.blocks[a], 0.0
+    keep = st.keep(f"blocks.{a}.hook_attn_out_keep")
+    w = v if keep is None else v * keep[pos]
+    if model.cfg.post_norms:
+        const = float(w @ block.ln1_post.b) if block.ln1_post.b is not None else 0.0
+        w = _norm_T(w, block.ln1_post, st.scales[f"blocks.{a}.ln1_post.hook_scale"][pos])
+    return w, const
+
+
+def _head_vector(g_v: Tensor, W_V: Tensor, keep: Tensor | None, ln1: Norm, scale: Tensor) -> Tensor:
+    """A (head, source) child's residual read: the value-space read g_v [d_head] back through W_V of
+    the head's key/value group [d_head, d_model], ln1's frozen selection `keep` and scale."""
+    u = g_v @ W_V
+    return _norm_T(u if keep is None else u * keep, ln1, scale)
+
+
+def _head_contributors(model: Transformer, st: FrozenState, v: Tensor, a: int, pos: int) -> tuple[list[_Cand], float]:
+    """Per (head of layer `a`, source position) contributions to v · resid[pos], and their bias.
+
+    g_v[h, s] = P[h, pos, s] · S_v[s] ⊙ (W_O,hᵀ w) is the read of v in head h's value space at source
+    s (w: `_attn_out_read`); the contribution is g_v · W_V (ln1(x_s) − S_ln1 ⊙ b_ln1), the bias
+    g_v · (W_V (S_ln1 ⊙ b_ln1) + b_V) plus w · b_O. S_* are the frozen AbsTopK selections (1 if off)."""
+    cfg, block = model.cfg, model.blocks[a]
+    attn, H, KV, dh, d = block.attn, cfg.n_heads, cfg.kv_heads, cfg.d_head, cfg.d_model
+    S, kv_of = pos + 1, torch.arange(H) // (H // KV)
+    w, bias = _attn_out_read(model, st, a, pos, v)
+    if attn.b_O is not None:
+        bias += float(attn.b_O @ w)
+    g_z = (w @ attn.W_O).view(H, dh)  # [head, d_head]
+    g_v = st.patterns[a][:, pos, :S, None] * g_z[:, None, :]  # [head, src, d_head]
+    keep_v = st.keep(f"blocks.{a}.attn.hook_v_keep")
+    if keep_v is not None:
+        g_v = g_v * keep_v[:S].view(S, KV, dh)[:, kv_of].transpose(0, 1)
+    keep_ln = st.keep(f"blocks.{a}.ln1.hook_keep")
+    ln_b = block.ln1.b if block.ln1.b is not None else v.new_zeros(d)
+    ln_b = ln_b.expand(S, d) if keep_ln is None else ln_b * keep_ln[:S]  # [src, d_model]
+    W_V = attn.W_V.view(KV, dh, d)
+
+    def per_head(x: Tensor) -> Tensor:  # [src, d_model] -> [head, src, d_head], through W_V of each head's group
+        return (x @ attn.W_V.T).view(S, KV, dh)[:, kv_of].transpose(0, 1)
+
+    read = per_head(st.attn_in[a][:S] - ln_b)
+    b_read = per_head(ln_b)
+    if attn.b_V is not None:
+        b_read = b_read + attn.b_V.view(KV, dh)[kv_of, None, :]
+    bias += float((g_v * b_read).sum())
+    contrib = (g_v * read).sum(-1)  # [head, src]
+    scales = st.scales[f"blocks.{a}.ln1.hook_scale"]
+    cands = []
+    for (h, s), val in zip(torch.cartesian_prod(torch.arange(H), torch.arange(S)).tolist(), contrib.flatten().tolist()):
+        keep = keep_ln[s] if keep_ln is not None else None
+        make = partial(_head_vector, g_v[h, s], W_V[kv_of[h]], keep, block.ln1, scales[s])
+        cands.append(_Cand("head", a, s, h, val, make, "attn"))
+    return cands, bias
 
 
 def _contributors(model: Transformer, tcs: dict[int, Dictionary], st: FrozenState, v: Tensor, layer: int, sub: str,
@@ -211,11 +281,11 @@ def _contributors(model: Transformer, tcs: dict[int, Dictionary], st: FrozenStat
     cfg = model.cfg
     n_attn = layer + 1 if (sub == "mlp" and not cfg.parallel_attn_mlp and layer < cfg.n_layers) else layer
     cands, errors, bias = [], [], 0.0
-    for m in range(layer):  # MLPs (transcoders) upstream of the read point
+    for m in range(layer):  # MLPs (transcoders) upstream of the read point; their output is hook_mlp_out itself
         tc, z = tcs[m], st.acts[m][pos]
         active = torch.nonzero(z).squeeze(1)
         dv = tc.W_dec[active] @ v
-        ln2_b = model.blocks[m].ln2.b if st.sites[m] == "ln2.hook_normalized" else None
+        ln2_b = _ln2_bias(model, st, m, pos) if st.sites[m] == "ln2.hook_normalized" else None
         for f, d, val in zip(active.tolist(), dv.tolist(), (z[active] * dv).tolist()):
             const = d * (float(tc.b_enc[f]) + (float(tc.W_enc[:, f] @ ln2_b) if ln2_b is not None else 0.0))
             cands.append(_Cand("feature", m, pos, f, val, partial(_feature_vector, model, tc, st, m, pos, f, d), "mlp", const))
@@ -225,22 +295,9 @@ def _contributors(model: Transformer, tcs: dict[int, Dictionary], st: FrozenStat
         errors.append(_Cand("error", m, pos, -1, err))
         bias += float(tc.b_dec @ v)
     for a in range(n_attn):  # attention heads upstream, per source position
-        block, H = model.blocks[a], cfg.n_heads
-        u = _ov(model, a) @ v  # [head, d_model]: u_h = W_V,hᵀ W_O,hᵀ v
-        P = st.patterns[a][:, pos, : pos + 1]  # [head, src]
-        ln_b = block.ln1.b if block.ln1.b is not None else torch.zeros_like(v)
-        contrib = P * (u @ (st.attn_in[a][: pos + 1] - ln_b).T)  # [head, src]
-        if block.attn.b_V is not None:
-            bv_h = block.attn.b_V.view(cfg.kv_heads, cfg.d_head).repeat_interleave(H // cfg.kv_heads, 0)
-            W_O = block.attn.W_O.view(cfg.d_model, H, cfg.d_head).permute(1, 2, 0)
-            bias += float((P.sum(1) * ((W_O @ v) * bv_h).sum(1)).sum())
-        bias += float((P.sum(1) * (u @ ln_b)).sum())
-        if block.attn.b_O is not None:
-            bias += float(block.attn.b_O @ v)
-        scales = st.scales[f"blocks.{a}.ln1.hook_scale"]
-        for (h, s), val in zip(torch.cartesian_prod(torch.arange(H), torch.arange(pos + 1)).tolist(), contrib.flatten().tolist()):
-            make = partial(_head_vector, P[h, s], u[h], block.ln1, scales[s])
-            cands.append(_Cand("head", a, s, h, val, make, "attn"))
+        heads, b = _head_contributors(model, st, v, a, pos)
+        cands += heads
+        bias += b
     cands.append(_Cand("embed", -1, pos, int(st.tokens[pos]), float(st.embed[pos] @ v)))
     if model.cfg.positions == "learned":
         bias += float(model.W_pos[pos] @ v)
@@ -251,8 +308,6 @@ def _contributors(model: Transformer, tcs: dict[int, Dictionary], st: FrozenStat
 def greedy_paths(model: Transformer, transcoders: dict[int, Dictionary], st: FrozenState, root: Root,
                  steps: int = 3, branches: int = 15) -> PathSearchResult:
     """Greedy path search (module docstring)."""
-    if model.cfg.post_norms:
-        raise ValueError("greedy path search does not support post-norms (ln1_post/ln2_post)")
     if steps < 1 or branches < 1:
         raise ValueError(f"steps and branches must be >= 1, got {steps}, {branches}")
     nodes = {"root": PathNode("root", "root", root.layer, root.pos, -1, root.value)}

@@ -7,16 +7,17 @@ models"). Nodes, in this order (rows = targets, columns = sources of `adjacency`
     active features (layer, pos, feature)  |  errors (layer, pos), layer-major  |  tokens (pos)  |  logits
 
 Steps:
-1. `replacement.freeze`: one clean forward pass records norm scales, attention patterns, transcoder
-   inputs, feature activations z and errors (MLP out − transcoder out).
+1. `replacement.freeze`: one clean forward pass records norm scales, attention patterns, AbsTopK
+   selections, transcoder inputs, feature activations z and errors (MLP out − transcoder out).
 2. Logit targets: the last position's most likely tokens until 95% cumulative probability (≤ 10);
    each target reads the unembedding direction minus the mean direction, W_U[t] − mean_v W_U[v].
 3. Batched backward passes, written as the transposed maps of the frozen model (no autograd): inject
    each target's direction — a feature's encoder column e_f at its transcoder input and position, a
    logit direction at ln_final's output — and carry it down the residual stream through the frozen
-   linear paths only: transposed frozen norms, attention OV with the frozen pattern, transcoder skip
-   connections. At each MLP output the gradient g gives the direct effect of every source written
-   there: feature z_i · (d_i · g), error err · g; at the bottom, token embedding e_p · g.
+   linear paths only: transposed frozen norms (post-norms included), frozen AbsTopK selections
+   (S ⊙ g; see `replacement.py` for which sites matter), attention OV with the frozen pattern,
+   transcoder skip connections. At each MLP output the gradient g gives the direct effect of every
+   source written there: feature z_i · (d_i · g), error err · g; at the bottom, token embedding e_p · g.
    Gradients stop at feature activations, so each edge is a direct effect.
 4. Bias contributions: the replacement model run with every source (features, errors, embeddings)
    zero. For every target, value = Σ incoming edges + bias (tested), where a feature's value is its
@@ -129,21 +130,32 @@ class _Backward:
     def _scale(self, layer: int, name: str) -> Tensor:
         return self.st.scales[f"blocks.{layer}.{name}.hook_scale"][: self.T]
 
+    def _select(self, g: Tensor, name: str) -> Tensor:
+        """Transpose of a frozen AbsTopK selection (S ⊙ ·, its own transpose); identity where it is off."""
+        keep = self.st.keep(name)
+        return g if keep is None else g * keep[: self.T]
+
     def _attn_T(self, g: Tensor, layer: int) -> Tensor:
-        block, cfg = self.model.blocks[layer], self.model.cfg
+        """Gradient at the block's attention output (`hook_attn_out`) -> gradient at its residual input.
+        Forward: ln1 (+ selection) -> v (+ selection) -> frozen pattern -> W_O -> post-norm -> selection."""
+        block, cfg, p = self.model.blocks[layer], self.model.cfg, f"blocks.{layer}"
         B, T, _ = g.shape
+        g = self._select(g, f"{p}.hook_attn_out_keep")
         if cfg.post_norms:
             g = _norm_T(g, block.ln1_post, self._scale(layer, "ln1_post"))
         attn = block.attn
         g_z = (g @ attn.W_O).view(B, T, cfg.n_heads, cfg.d_head)
         g_v = torch.einsum("hqk,bqhd->bkhd", self.st.patterns[layer][:, :T, :T], g_z)
         g_v = g_v.reshape(B, T, cfg.kv_heads, cfg.n_heads // cfg.kv_heads, cfg.d_head).sum(3)
-        return _norm_T(g_v.reshape(B, T, -1) @ attn.W_V, block.ln1, self._scale(layer, "ln1"))
+        g_v = self._select(g_v.reshape(B, T, -1), f"{p}.attn.hook_v_keep")
+        g_ln = self._select(g_v @ attn.W_V, f"{p}.ln1.hook_keep")
+        return _norm_T(g_ln, block.ln1, self._scale(layer, "ln1"))
 
     def _input_T(self, g_in: Tensor, layer: int) -> Tensor:
         """Gradient at the transcoder input -> gradient at the residual the MLP reads."""
         if self.st.sites[layer] != "ln2.hook_normalized":
             return g_in
+        g_in = self._select(g_in, f"blocks.{layer}.ln2.hook_keep")
         return _norm_T(g_in, self.model.blocks[layer].ln2, self._scale(layer, "ln2"))
 
     def rows(self, inject: list[Tensor | None], top: int, n_pos: int, final: Tensor | None, out: Tensor) -> None:

@@ -3,12 +3,26 @@
 One clean forward pass of the `Transformer` records what the linearisation freezes; the replacement
 model is then the same hooked `Transformer` run with:
 
-1. every norm scale (`ln1`, `ln2`, `ln_final`, post-norms: `hook_scale`) and every attention pattern
-   (`attn.hook_pattern`) replaced by its recorded value, so the map from what is written into the
-   residual stream to what a transcoder or the unembedding reads is affine;
+1. every norm scale (`ln1`, `ln2`, `ln_final`, post-norms `ln1_post`/`ln2_post`: `hook_scale`), every
+   attention pattern (`attn.hook_pattern`, soft-capped or not) and every AbsTopK selection (the
+   `*_keep` hooks, Gao et al.'s activation sparsity: with its kept set S fixed, AbsTopK is the linear
+   map x -> S ⊙ x) replaced by its recorded value, so the map from what is written into the residual
+   stream to what a transcoder or the unembedding reads is affine;
 2. each MLP output (`hook_mlp_out`) replaced by its transcoder's output computed from *given* feature
    activations (not recomputed: stopping at feature activations makes every edge a direct effect)
    plus the transcoder's skip path on the current input, plus a given error term.
+
+The frozen selections, site by site (`ModelConfig.act_sparsity_sites`): `attn_in` (`ln1.hook_keep`,
+inside ln1, so `ln1.hook_normalized` is already selected), `v` and `attn_out` sit on the linear
+paths from the residual stream through attention and must be frozen; `q` and `k` act only through
+the pattern, which is frozen anyway; `mlp_in` (`ln2.hook_keep`) lies between the residual stream and
+a transcoder reading `ln2.hook_normalized` and must be frozen (for one reading `hook_mlp_in` or
+`hook_resid_mid` it is inside the replaced MLP); `mlp_neurons` is inside the MLP, which the
+transcoder replaces; `mlp_out`'s selection comes before `hook_mlp_out`, so the transcoder's target
+(`hook_mlp_out`, what it is trained on) is the selected output and the replacement overwrites it
+after the selection: error = selected MLP out − transcoder out, exact. Every selection is recorded
+and replayed, needed or not. With post-norms the attention output is normed (frozen scale) before its selection;
+the MLP's post-norm is inside what the transcoder predicts.
 
 With the clean activations and errors (error = MLP out − transcoder out) it reproduces the model's
 logits exactly. `replacement_forward` runs it with edited activations, errors or embeddings; it is
@@ -44,14 +58,11 @@ def check_transcoders(model: Transformer, transcoders: dict[int, Dictionary]) ->
     """Validate a per-layer transcoder set against `model`; returns each layer's input site.
 
     Every layer needs one transcoder from an `INPUT_SITES` hook to `hook_mlp_out`, with widths equal
-    to d_model; the model must have no activation sparsity (AbsTopK would not be linear)."""
+    to d_model. Activation sparsity is fine: `freeze` fixes every AbsTopK selection."""
     cfg = model.cfg
     if sorted(transcoders) != list(range(cfg.n_layers)):
         raise ValueError(f"the transcoder set covers layers {sorted(transcoders)}, but the model has layers "
                          f"0..{cfg.n_layers - 1}: attribution graphs need one transcoder per layer")
-    sparse = [s for s in cfg.act_sparsity_sites if cfg.sparse_at(s)]
-    if sparse:
-        raise ValueError(f"attribution graphs need a model without activation sparsity; AbsTopK is on at {sparse}")
     sites = []
     for layer, tc in sorted(transcoders.items()):
         c = tc.cfg
@@ -84,6 +95,11 @@ class FrozenState:
     logits: Tensor  # [pos, d_vocab] the model's own logits
     sites: list[str]  # per layer transcoder input site (see INPUT_SITES)
     attn_in: list[Tensor]  # per layer [pos, d_model] ln1.hook_normalized (what attention reads)
+    keeps: dict[str, Tensor]  # `*_keep` hook name -> [pos, width] 0/1 AbsTopK selection (only where it is on)
+
+    def keep(self, name: str) -> Tensor | None:
+        """The frozen selection at hook `name` ([pos, width]), or None where AbsTopK is off."""
+        return self.keeps.get(name)
 
 
 @torch.no_grad()
@@ -94,7 +110,7 @@ def freeze(model: Transformer, transcoders: dict[int, Dictionary], tokens: Int[T
     sites = check_transcoders(model, transcoders)
     L = model.cfg.n_layers
     in_names = [f"blocks.{i}.{s}" for i, s in enumerate(sites)]
-    names = [n for n in model.hook_points if n.endswith("hook_scale") or n.endswith("attn.hook_pattern")]
+    names = [n for n in model.hook_points if n.endswith(("hook_scale", "attn.hook_pattern", "_keep"))]
     names += in_names + [f"blocks.{i}.hook_mlp_out" for i in range(L)] + [f"blocks.{i}.ln1.hook_normalized" for i in range(L)]
     names += ["hook_embed", "ln_final.hook_normalized"]
     logits, cache = model.run_with_cache(tokens[None], names_filter=list(dict.fromkeys(names)))
@@ -107,10 +123,11 @@ def freeze(model: Transformer, transcoders: dict[int, Dictionary], tokens: Int[T
         inputs.append(x)
     # Norm scales are [batch, pos, 1]; with split q/k/v inputs they would be 4-d (not used here).
     scales = {n: cache[n][0] for n in cache if n.endswith("hook_scale")}
+    keeps = {n: cache[n][0] for n in cache if n.endswith("_keep")}
     return FrozenState(tokens=tokens, scales=scales, patterns=[cache[f"blocks.{i}.attn.hook_pattern"][0] for i in range(L)],
                        inputs=inputs, acts=acts, errors=errors, embed=cache["hook_embed"][0],
                        final_normed=cache["ln_final.hook_normalized"][0], logits=logits[0], sites=sites,
-                       attn_in=[cache[f"blocks.{i}.ln1.hook_normalized"][0] for i in range(L)])
+                       attn_in=[cache[f"blocks.{i}.ln1.hook_normalized"][0] for i in range(L)], keeps=keeps)
 
 
 @dataclass
@@ -150,7 +167,7 @@ def replacement_forward(
         in_name = f"blocks.{layer}.{state.sites[layer]}"
         return lambda x, hook: transcoders[layer].decode(acts[layer], reads[in_name]) + errors[layer]
 
-    hooks: list = [(n, frozen(v)) for n, v in state.scales.items()]
+    hooks: list = [(n, frozen(v)) for n, v in (*state.scales.items(), *state.keeps.items())]
     hooks += [(f"blocks.{i}.attn.hook_pattern", frozen(state.patterns[i])) for i in range(L)]
     hooks += [(f"blocks.{i}.{state.sites[i]}", read) for i in range(L)]
     hooks += [(f"blocks.{i}.hook_mlp_out", mlp_out(i)) for i in range(L)]
