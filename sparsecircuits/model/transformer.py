@@ -55,15 +55,29 @@ soft-cap, attention runs through `F.scaled_dot_product_attention` (the sink as a
 with its logit in the mask, or, when the logit needs a gradient, in an extra key channel; the
 sliding window in the mask); otherwise it is computed explicitly so
 the pattern can be read and edited (SDPA cannot soft-cap). Both agree (tested).
+
+Attention masks: `forward(tokens, attention_mask)` takes a `[batch, pos]` mask, bool or integer,
+1 = real token and 0 = padding (Hugging Face's convention), so prompts of different lengths can be
+batched with padding on either side. With it, every attention path (fused, explicit, sink, sliding
+window, grouped-query, `at=`, split inputs) masks padded keys (their pattern is 0, their score -inf),
+and positions count only real tokens: a token's position id is the number of real tokens before it
+(as HF's `generate` derives `position_ids` from the mask), for learned positions (`hook_pos_embed`
+is then `[batch, pos, d_model]`, not `[pos, d_model]`) and rotary. Sliding windows are counted in
+sequence positions, as in HF. A padded query with no real key before it (left padding) attends
+nowhere: its pattern row and `hook_z` are 0. Logits at padded positions are finite and meaningless,
+also in a row of only padding, which is allowed; `at` must point at real tokens. Without a mask the
+code path is exactly the unmasked one (right padding needs no mask when each prompt is read at its
+last token with `at`, since causal attention never looks ahead).
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from jaxtyping import Float, Int
+from jaxtyping import Bool, Float, Int
 from torch import Tensor, nn
 
 from sparsecircuits.model.config import GATED_ACTIVATIONS, ModelConfig
@@ -134,6 +148,20 @@ def _rotate_half(x: Tensor) -> Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+class Padding(NamedTuple):
+    """A padded batch, from `Transformer.forward`'s `attention_mask` (module docstring)."""
+
+    real: Bool[Tensor, "batch pos"]  # True at real tokens
+    positions: Int[Tensor, "batch pos"]  # position ids: real tokens before this one (0 at padding before any)
+
+
+def padding_of(attention_mask: Tensor) -> Padding:
+    """`Padding` of a validated `[batch, pos]` mask (1/True = real token): a position's id is the
+    number of real tokens before it, as Hugging Face derives `position_ids` from the mask."""
+    real = attention_mask.bool()
+    return Padding(real, (real.long().cumsum(-1) - 1).clamp(min=0))
+
+
 class Attention(nn.Module):
     """Causal multi-head (or grouped-query) attention with optional sink and rotary embedding."""
 
@@ -173,8 +201,11 @@ class Attention(nn.Module):
             self._rot_cache = (key, cos, sin)
         return self._rot_cache[1], self._rot_cache[2]
 
-    def _rotary(self, x: Float[Tensor, "batch pos head d_head"]) -> Tensor:
+    def _rotary(self, x: Float[Tensor, "batch pos head d_head"], positions: Tensor | None = None) -> Tensor:
+        """Rotate by position index, or by `positions` [batch, pos] (position ids of a padded batch)."""
         cos, sin = self._rot_tables(x.shape[1], x)
+        if positions is not None:
+            cos, sin = cos[positions], sin[positions]  # [batch, pos, 1, rot]
         rot = cos.shape[-1]
         x_rot, x_pass = x[..., :rot], x[..., rot:]
         return torch.cat((x_rot * cos + _rotate_half(x_rot) * sin, x_pass), dim=-1)
@@ -194,11 +225,12 @@ class Attention(nn.Module):
 
     def forward(
         self, x: Float[Tensor, "batch pos d_model"] | None, split: tuple[Tensor, Tensor, Tensor] | None = None,
-        at: Int[Tensor, " batch"] | None = None,
+        at: Int[Tensor, " batch"] | None = None, padding: Padding | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         """`x` is the normed residual; or `split` = per-head normed inputs for q, k, v (see the module
         docstring). With `at`, only the query at position `at[b]` of each row attends (keys and values
-        at every position): the output and `hook_z` are `[batch, 1, ...]`."""
+        at every position): the output and `hook_z` are `[batch, 1, ...]`. With `padding`, padded keys
+        are never attended and rotary uses its position ids (module docstring, "Attention masks")."""
         cfg = self.cfg
         H, KV, dh = cfg.n_heads, cfg.kv_heads, cfg.d_head
         if split is None:
@@ -213,28 +245,35 @@ class Attention(nn.Module):
             k = self.hook_k(self._project_split(split[1], self.W_K, self.b_K, "k"))
             v = self.hook_v(self._project_split(split[2], self.W_V, self.b_V, "v"))
         if cfg.positions == "rotary":
-            q, k = self.hook_rot_q(self._rotary(q)), self.hook_rot_k(self._rotary(k))
+            pos = None if padding is None else padding.positions
+            q, k = self.hook_rot_q(self._rotary(q, pos)), self.hook_rot_k(self._rotary(k, pos))
         qpos = None
         if at is not None:
             q, qpos = q[torch.arange(B, device=q.device), at].unsqueeze(1), at.view(B, 1)
+        real = None if padding is None else padding.real
         if self.hook_attn_scores.active or self.hook_pattern.active or cfg.attn_softcap:
-            z = self._explicit(q, k, v, qpos)
+            z = self._explicit(q, k, v, qpos, real)
         else:
-            z = self._fused(q, k, v, qpos)
+            z = self._fused(q, k, v, qpos, real)
         z = self.hook_z(z)  # [batch, pos, head, d_head]
         return F.linear(z.reshape(B, z.shape[1], H * dh), self.W_O, self.b_O)
 
-    def _allowed(self, T: int, device: torch.device, qpos: Tensor | None = None) -> Tensor:
-        """[query, key] booleans ([batch, query, key] for explicit query positions `qpos` [batch, q]):
-        causal, and within the sliding window if this layer has one."""
+    def _allowed(self, T: int, device: torch.device, qpos: Tensor | None = None,
+                 real: Tensor | None = None) -> Tensor:
+        """[batch or 1, 1, query, key] booleans: causal, within the sliding window if this layer has
+        one (counted in sequence positions, as Hugging Face does), and on real keys only if `real`
+        [batch, key] is given. `qpos` [batch, q]: explicit query positions (`at`)."""
         keys = torch.arange(T, device=device)
         queries = keys[:, None] if qpos is None else qpos[..., None]
         allowed = keys <= queries
         if self.window:
             allowed &= keys > queries - self.window
-        return allowed
+        if real is not None:
+            allowed = allowed & real[:, None, :]
+        return allowed.view(-1, 1, *allowed.shape[-2:])
 
-    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor | None = None) -> Tensor:
+    def _explicit(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor | None = None,
+                  real: Tensor | None = None) -> Tensor:
         B, Tq, H, dh = q.shape
         T, KV = k.shape[1], k.shape[2]
         qg = q.view(B, Tq, KV, H // KV, dh)
@@ -242,37 +281,50 @@ class Attention(nn.Module):
         if self.cfg.attn_softcap:
             cap = self.cfg.attn_softcap
             scores = torch.tanh(scores / cap) * cap
-        allowed = self._allowed(T, q.device, qpos)
-        allowed = allowed if qpos is None else allowed.unsqueeze(1)
+        allowed = self._allowed(T, q.device, qpos, real)
         scores = self.hook_attn_scores(scores.masked_fill(~allowed, float("-inf")))
-        if self.sink is not None:
+        if self.sink is not None:  # a query with no real key attends only to the sink: its row is 0
             sink = self.sink.to(scores.dtype).view(1, H, 1, 1).expand(B, H, Tq, 1)
             pattern = torch.cat((scores, sink), dim=-1).softmax(dim=-1)[..., :T]
+        elif real is not None:
+            # A padded query before the first real token has no key at all: softmax over an
+            # all -inf row is NaN (in the backward pass too), so such rows are set to 0.
+            empty = ~allowed.any(-1, keepdim=True)
+            pattern = scores.masked_fill(empty, 0.0).softmax(dim=-1).masked_fill(empty, 0.0)
         else:
             pattern = scores.softmax(dim=-1)
         pattern = self.hook_pattern(pattern)
         pg = pattern.view(B, KV, H // KV, Tq, T)
         return torch.einsum("bkgqs,bskd->bqkgd", pg, v).reshape(B, Tq, H, dh)
 
-    def _fused(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor | None = None) -> Tensor:
+    def _fused(self, q: Tensor, k: Tensor, v: Tensor, qpos: Tensor | None = None,
+               real: Tensor | None = None) -> Tensor:
         B, Tq, H, dh = q.shape
         T = k.shape[1]
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [batch, head, pos, d_head]
         gqa = k.shape[1] != H
-        if self.sink is None and not self.window and qpos is None:
+        empty = None
+        if self.sink is None and not self.window and qpos is None and real is None:
             z = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=gqa)
         else:
-            allowed = self._allowed(T, q.device, qpos)
-            Bm = 1 if qpos is None else B  # the mask is per row only for explicit query positions
+            allowed = self._allowed(T, q.device, qpos, real)  # per row for `at` or padding, else [1, ...]
+            Bm = allowed.shape[0]
+            if real is not None and self.sink is None:
+                # Rows with no key (padded queries before the first real token) would be NaN in some
+                # SDPA kernels: they attend to every key here and are set to 0 below, as in `_explicit`.
+                empty = ~allowed.any(-1, keepdim=True)
+                allowed = allowed | empty
             if self.sink is not None and self.sink.requires_grad and torch.is_grad_enabled():
-                return self._fused_sink_channel(q, k, v, allowed.view(Bm, 1, Tq, T)).transpose(1, 2)
-            mask = q.new_zeros(allowed.shape).masked_fill(~allowed, float("-inf")).view(Bm, 1, Tq, T).expand(Bm, H, Tq, T)
+                return self._fused_sink_channel(q, k, v, allowed).transpose(1, 2)
+            mask = q.new_zeros(allowed.shape).masked_fill(~allowed, float("-inf")).expand(Bm, H, Tq, T)
             if self.sink is not None:
                 # The sink is one more key, of value zero, whose logit comes from the additive mask.
                 zeros = k.new_zeros(B, k.shape[1], 1, dh)
                 k, v = torch.cat((k, zeros), dim=2), torch.cat((v, zeros), dim=2)
                 mask = torch.cat((mask, self.sink.to(q.dtype).view(1, H, 1, 1).expand(Bm, H, Tq, 1)), dim=-1)
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
+            if empty is not None:
+                z = z.masked_fill(empty, 0.0)
         return z.transpose(1, 2)
 
     def _fused_sink_channel(self, q: Tensor, k: Tensor, v: Tensor, allowed: Tensor) -> Tensor:
@@ -353,18 +405,18 @@ class Block(nn.Module):
         # AbsTopK's selections on the block's outputs (where it is on), before hook_attn_out / hook_mlp_out.
         self.hook_attn_out_keep, self.hook_mlp_out_keep = _keep_hook(cfg, "attn_out"), _keep_hook(cfg, "mlp_out")
 
-    def forward(self, resid: Float[Tensor, "batch pos d_model"], at: Int[Tensor, " batch"] | None = None
-                ) -> Float[Tensor, "batch pos d_model"]:
+    def forward(self, resid: Float[Tensor, "batch pos d_model"], at: Int[Tensor, " batch"] | None = None,
+                padding: Padding | None = None) -> Float[Tensor, "batch pos d_model"]:
         """With `at`, everything after attention's q, k, v is computed only at position `at[b]` of each
-        row (the hooks from `attn.hook_z` on see `[batch, 1, ...]`)."""
+        row (the hooks from `attn.hook_z` on see `[batch, 1, ...]`). `padding`: see `Attention`."""
         cfg = self.cfg
         resid = self.hook_resid_pre(resid)
         if self.hook_q_input.active or self.hook_k_input.active or self.hook_v_input.active:
             copies = ((self.hook_q_input, cfg.n_heads), (self.hook_k_input, cfg.kv_heads), (self.hook_v_input, cfg.kv_heads))
             split = tuple(self.ln1(hook(resid.unsqueeze(2).expand(-1, -1, n, -1))) for hook, n in copies)
-            attn_out = self.attn(None, split, at)  # type: ignore[arg-type]
+            attn_out = self.attn(None, split, at, padding)  # type: ignore[arg-type]
         else:
-            attn_out = self.attn(self.ln1(resid), at=at)
+            attn_out = self.attn(self.ln1(resid), at=at, padding=padding)
         if at is not None:
             resid = resid[torch.arange(len(resid), device=resid.device), at].unsqueeze(1)
         if cfg.post_norms:
@@ -414,8 +466,9 @@ class Transformer(HookedModule):
             self(torch.zeros(1, 2, dtype=torch.long, device=self.W_E.device))
         return list(seen)
 
-    def forward(self, tokens: Int[Tensor, "batch pos"], at: Int[Tensor, " batch"] | None = None,
-                trim: bool = False, start: tuple[int, Float[Tensor, "batch pos d_model"]] | None = None,
+    def forward(self, tokens: Int[Tensor, "batch pos"], attention_mask: Tensor | None = None,
+                at: Int[Tensor, " batch"] | None = None, trim: bool = False,
+                start: tuple[int, Float[Tensor, "batch pos d_model"]] | None = None,
                 ) -> Float[Tensor, "batch pos d_vocab"]:
         """Logits at every position, or with `at` only at one position per row ([batch, 1, d_vocab]:
         e.g. each prompt's last token, which is all a task metric reads; the final norm and its hooks
@@ -425,8 +478,12 @@ class Transformer(HookedModule):
         less work in a 4-layer model, and its hooks from `attn.hook_z` on see `[batch, 1, ...]`.
         `start=(layer, resid)` resumes a forward pass at block `layer`, whose `hook_resid_pre` gets
         `resid` (e.g. cached from an earlier pass): the embedding and earlier blocks are skipped and
-        their hooks do not fire; `tokens` are still needed (bigram table, shapes)."""
+        their hooks do not fire; `tokens` are still needed (bigram table, shapes).
+        `attention_mask` [batch, pos], bool or integer 1 = real token / 0 = padding (Hugging Face's
+        convention), for left- or right-padded batches: see the module docstring, "Attention masks";
+        `at` must then point at real tokens. None runs the unmasked code path."""
         self._check_tokens(tokens)
+        padding = None if attention_mask is None else padding_of(self._check_mask(attention_mask, tokens, at))
         first = 0
         if start is None:
             # F.embedding, not W[tokens]: its CPU backward is deterministic (index_put_ accumulate is
@@ -434,7 +491,9 @@ class Transformer(HookedModule):
             embed = F.embedding(tokens, self.W_E)
             resid = self.hook_embed(embed * self.cfg.embed_scale if self.cfg.embed_scale != 1.0 else embed)
             if self.cfg.positions == "learned":
-                resid = resid + self.hook_pos_embed(self.W_pos[: tokens.shape[1]])
+                # [pos, d_model]; with a mask [batch, pos, d_model], each row's own position ids
+                pos = self.W_pos[: tokens.shape[1]] if padding is None else F.embedding(padding.positions, self.W_pos)
+                resid = resid + self.hook_pos_embed(pos)
         else:
             first, resid = start
             if not 0 <= first < len(self.blocks):
@@ -444,7 +503,7 @@ class Transformer(HookedModule):
                                  f"got {tuple(resid.shape)}")
         trimmed = trim and at is not None and len(self.blocks) > 0
         for i in range(first, len(self.blocks)):
-            resid = self.blocks[i](resid, at if trimmed and i == len(self.blocks) - 1 else None)
+            resid = self.blocks[i](resid, at if trimmed and i == len(self.blocks) - 1 else None, padding)
         if at is not None:
             rows = torch.arange(len(tokens), device=tokens.device)
             tokens = tokens[rows, at].unsqueeze(1)
@@ -456,6 +515,27 @@ class Transformer(HookedModule):
         if self.cfg.logit_softcap:
             logits = torch.tanh(logits / self.cfg.logit_softcap) * self.cfg.logit_softcap
         return logits
+
+    @staticmethod
+    def _check_mask(mask: Tensor, tokens: Tensor, at: Tensor | None) -> Tensor:
+        """The attention mask, checked: shaped like `tokens`, bool or integer 0/1, on their device;
+        `at` on real tokens. A row of only padding is allowed (its logits are finite, meaningless)."""
+        if tuple(mask.shape) != tuple(tokens.shape):
+            raise ValueError(f"attention_mask must be [batch, pos] like tokens {tuple(tokens.shape)}, "
+                             f"got {tuple(mask.shape)}")
+        if mask.dtype.is_floating_point or mask.dtype.is_complex:
+            raise ValueError(f"attention_mask must be bool or integer (1 = real token, 0 = padding), got {mask.dtype}")
+        if mask.device != tokens.device:
+            raise ValueError(f"attention_mask is on {mask.device}, tokens on {tokens.device}")
+        if mask.dtype != torch.bool and mask.numel() and not bool(((mask == 0) | (mask == 1)).all()):
+            raise ValueError("attention_mask must hold only 0 (padding) and 1 (real token)")
+        if at is not None:
+            at_real = mask[torch.arange(len(mask), device=mask.device), at].bool()
+            if not bool(at_real.all()):
+                rows = (~at_real).nonzero().flatten().tolist()
+                raise ValueError(f"at points at padding (attention_mask 0) in rows {rows[:8]}; with left padding "
+                                 "the last token is at pos - 1, with right padding at lengths - 1")
+        return mask
 
     def _check_tokens(self, tokens: Tensor) -> None:
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):

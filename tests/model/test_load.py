@@ -102,6 +102,37 @@ def test_logits_hidden_states_and_patterns_match_transformers(saved, name):
     torch.testing.assert_close(cache["ln_final.hook_normalized"], ref.hidden_states[L], atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("side", ["left", "right"])
+@pytest.mark.parametrize("name", FAMILIES)
+def test_padded_batches_match_transformers(saved, name, side):
+    """With `attention_mask` (prompts of 12, 7 and 3 tokens, left- or right-padded): our logits at
+    every real token match `transformers` given the same mask and the position ids its `generate`
+    derives from it (a plain HF forward would count padding as positions), on the fused and the
+    explicit attention path. Padded positions are not compared (both are arbitrary there)."""
+    hf_model, folder = saved[name]
+    ours = load_pretrained(folder).model
+    t = _tokens()
+    mask = torch.zeros_like(t)
+    for row, n in enumerate((T, 7, 3)):
+        if side == "left":
+            mask[row, T - n:] = 1
+        else:
+            mask[row, :n] = 1
+    position_ids = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 1)
+    real = mask.bool()
+    with torch.no_grad():
+        ref = hf_model(t, attention_mask=mask, position_ids=position_ids).logits
+        fused = ours(t, attention_mask=mask)
+        with ours.hooks([(lambda n: n.endswith("hook_pattern"), lambda x, h: None)]):
+            explicit = ours(t, attention_mask=mask)
+    for logits in (fused, explicit):
+        assert logits.isfinite().all()
+        assert (logits - ref)[real].abs().max() < ATOL, (logits - ref)[real].abs().max()
+    if side == "left":  # not vacuous: without the mask, left padding changes the real tokens' logits
+        with torch.no_grad():
+            assert (ours(t) - ref)[real].abs().max() > 100 * ATOL
+
+
 def test_family_features_are_exercised(saved):
     """The parity above would be vacuous if windows, caps or rotary scaling never changed anything."""
     gemma = load_pretrained(saved["gemma2"][1]).model
