@@ -3,19 +3,19 @@ with edge masks at reader inputs (DESIGN.md "Masks and ablations").
 
 Writers (nodes with an output into the residual stream), in forward order: the token embedding
 (plus the learned position embedding when there is one), then per layer every attention head (its
-`z_h @ W_O[:, h]`, without the shared bias `b_O`) and the MLP (`hook_mlp_out`). Readers (inputs
-that read the residual stream): per layer the q input of every query head, the k and v inputs of
-every key/value group (grouped-query attention natively: one reader per KV group, no un-grouped
-copies), the MLP input, and finally the logits. An edge joins a writer to every reader downstream
-of it (same layer: heads feed the MLP unless attention and MLP run in parallel). This is the graph
-of ACDC (Conmy et al. 2023), EAP (Syed et al. 2023) and EAP-IG (Hanna et al. 2024).
+share of the attention output, below; without bias terms) and the MLP (`hook_mlp_out`). Readers
+(inputs that read the residual stream): per layer the q input of every query head, the k and v
+inputs of every key/value group (grouped-query attention natively: one reader per KV group, no
+un-grouped copies), the MLP input, and finally the logits. An edge joins a writer to every reader
+downstream of it (same layer: heads feed the MLP unless attention and MLP run in parallel). This is
+the graph of ACDC (Conmy et al. 2023), EAP (Syed et al. 2023) and EAP-IG (Hanna et al. 2024).
 
 A reader's input is the sum of its upstream writers' outputs (plus biases). An edge mask `m[w, r]`
 acts there: the reader's input becomes `input_r - sum_w (1 - m[w, r]) * (out_w - base_w)`, where
 `out_w` is the writer's output *in the masked run* and `base_w` its baseline (DESIGN.md). Steps of
 one masked forward (`edge_mask_hooks`):
   1. record each writer's output as it is produced (`hook_embed` [+ `hook_pos_embed`], per-head
-     outputs from `attn.hook_z`, `hook_mlp_out`);
+     outputs from `attn.hook_z`, turned into shares at `hook_attn_out`, `hook_mlp_out`);
   2. at each reader input (`blocks.L.hook_q_input|k_input|v_input` — these switch the block to
      per-head inputs, see `model/transformer.py` — `blocks.L.hook_mlp_in`, and the last
      `hook_resid_post` for the logits) subtract the masked differences of the writers upstream.
@@ -23,8 +23,25 @@ Masks of ones reproduce the clean run exactly; masking every edge out of a write
 output by the baseline everywhere (node ablation); masking every edge into a reader replaces its
 input by the baseline's. A mask may have a leading dim c: the batch is then c copies of the
 examples, copy i under mask i (many single-edge ablations in one forward).
-Head outputs must add up to the attention output, so models with post-norms (Gemma 2) or AbsTopK
-on the attention output are refused.
+
+Nonlinear writers (docs/architecture.md "Nonlinear writers"). With a post-norm `ln1_post` (Gemma 2)
+and/or AbsTopK on the attention output (Gao et al.; both shipped quickstart models) the heads' outputs
+`o_h = z_h W_O[:, h]` pass through a per-position nonlinearity before the residual add. Once its
+state is fixed — the post-norm's scale s ([batch, pos, 1], `ln1_post.hook_scale`; LayerNorm also
+centres, C x = x - mean(x), which is linear) and AbsTopK's kept set S (the 0/1 mask at
+`hook_attn_out_keep`) — it is linear, and the attention output splits exactly over the heads:
+    hook_attn_out = S * (w / s * C(sum_h o_h + b_O) + b_norm)
+                  = sum_h share_h + S * (w / s * C b_O + b_norm),   share_h = S * (w / s) * C o_h.
+A head's output in the graph is its share under the state *of the run being measured*: the
+recording keeps the raw o_h at `attn.hook_z` and turns them into shares when `hook_attn_out` fires,
+with the scale and keep mask that run just computed. So a masked or patched forward recomputes the
+state live (exact patching stays a true intervention), and baselines (mean, zero, counterfactual,
+resample) are shares computed the same way in the baseline run. The bias share and the norm bias
+are not writers (as `b_O` is not). Gradient methods hold the state constant (`frozen_state_hooks`,
+used by `eap.py`). Without a post-norm or AbsTopK at attn_out the share is `o_h` itself, recorded at
+`attn.hook_z` with no extra work. Other AbsTopK sites need nothing: `mlp_out` (and `ln2_post`) come
+after the single MLP writer and are part of it; `attn_in`, `q`, `k`, `v`, `mlp_in`, `mlp_neurons`
+are on the reader side and stay live, which is what the model computes.
 """
 
 from __future__ import annotations
@@ -96,9 +113,6 @@ class ComponentGraph:
 def build_graph(model: Transformer) -> ComponentGraph:
     """The component graph of a model (a pure function of its config)."""
     cfg = model.cfg
-    if cfg.post_norms or cfg.sparse_at("attn_out"):
-        raise ValueError("the component graph needs head outputs that add up to the attention output; "
-                         "models with post-norms or AbsTopK on the attention output are not supported")
     H, KV, L = cfg.n_heads, cfg.kv_heads, cfg.n_layers
     writers = [Node("hook_embed", 0, "embed", -1)]
     readers: list[Node] = []
@@ -121,6 +135,43 @@ def build_graph(model: Transformer) -> ComponentGraph:
     return ComponentGraph(L, H, KV, cfg.parallel_attn_mlp, writers, readers, valid)
 
 
+def nonlinear_heads(model: Transformer) -> bool:
+    """Whether the heads' outputs pass a per-position nonlinearity (post-norm, AbsTopK at attn_out)
+    before the residual add, so that a head's output is its share (module docstring)."""
+    return model.cfg.post_norms or model.cfg.sparse_at("attn_out")
+
+
+def head_shares(
+    raw: Float[Tensor, "batch pos head d_model"], scale: Float[Tensor, "batch pos 1"] | None,
+    keep: Float[Tensor, "batch pos d_model"] | None, gain: Float[Tensor, " d_model"] | None, centre: bool,
+) -> Float[Tensor, "batch pos head d_model"]:
+    """Each head's share `S * (w / s) * C o_h` of a nonlinear attention output (module docstring):
+    `raw` the heads' outputs o_h; `scale` and `gain` the post-norm's s and w, `centre` whether it is
+    a LayerNorm (both ignored when `scale` is None: no post-norm); `keep` AbsTopK's selection S
+    (None without AbsTopK)."""
+    out = raw
+    if scale is not None:
+        if centre:  # LayerNorm's centring is linear, so it applies to each head alone
+            out = out - out.mean(-1, keepdim=True)
+        out = out / scale.unsqueeze(2) * gain
+    return out if keep is None else out * keep.unsqueeze(2)
+
+
+def frozen_state_hooks(model: Transformer) -> list[tuple[str, HookFn]]:
+    """Hooks holding the nonlinear writers' state constant under autograd, for gradient methods: the
+    post-norms' scales are detached (AbsTopK's selection is built without a gradient already), as
+    attribution graphs freeze norm scales. Attach them before the recording hooks, which then see the
+    detached scale. Empty without post-norms."""
+    if not model.cfg.post_norms:
+        return []
+
+    def detach(x: Tensor, hook: HookPoint) -> Tensor:
+        return x.detach()
+
+    return [(f"blocks.{L}.{norm}.hook_scale", detach)
+            for L in range(model.cfg.n_layers) for norm in ("ln1_post", "ln2_post")]
+
+
 class _Run:
     """Writer outputs of one forward, in graph order, as they are produced."""
 
@@ -131,23 +182,52 @@ class _Run:
         return torch.cat(self.outs, dim=2)
 
 
+def _head_hooks(model: Transformer, layer: int, run: _Run) -> list[tuple[str, HookFn]]:
+    """Hooks recording one layer's head outputs: o_h at `attn.hook_z`; for nonlinear writers o_h is
+    kept there and its share appended at `hook_attn_out`, with the scale and selection of this run
+    (execution order: `attn.hook_z`, `ln1_post.hook_scale`, `hook_attn_out_keep`, `hook_attn_out`)."""
+    cfg, block, p = model.cfg, model.blocks[layer], f"blocks.{layer}"
+    W_O = block.attn.W_O  # [d_model, H * d_head]
+    nonlinear = nonlinear_heads(model)
+    state: dict[str, Tensor] = {}
+
+    def raw(z: Tensor, hook: HookPoint) -> None:
+        o = torch.einsum("bphe,dhe->bphd", z, W_O.view(-1, cfg.n_heads, cfg.d_head))
+        if nonlinear:
+            state["raw"] = o
+        else:
+            run.outs.append(o)
+
+    hooks: list[tuple[str, HookFn]] = [(f"{p}.attn.hook_z", raw)]
+    if not nonlinear:
+        return hooks
+
+    def keeper(key: str) -> HookFn:
+        def fn(x: Tensor, hook: HookPoint) -> None:
+            state[key] = x
+
+        return fn
+
+    def share(x: Tensor, hook: HookPoint) -> None:
+        gain = block.ln1_post.w if cfg.post_norms else None
+        run.outs.append(head_shares(state.pop("raw"), state.pop("scale", None), state.pop("keep", None), gain,
+                                    cfg.norm == "layer"))
+
+    if cfg.post_norms:
+        hooks.append((f"{p}.ln1_post.hook_scale", keeper("scale")))
+    if cfg.sparse_at("attn_out"):
+        hooks.append((f"{p}.hook_attn_out_keep", keeper("keep")))
+    return hooks + [(f"{p}.hook_attn_out", share)]
+
+
 def _recording_hooks(model: Transformer, run: _Run) -> list[tuple[str, HookFn]]:
     cfg = model.cfg
-    H, dh = cfg.n_heads, cfg.d_head
 
     def embed(x: Tensor, hook: HookPoint) -> None:
         run.outs = [x.unsqueeze(2)]
 
-    def pos(x: Tensor, hook: HookPoint) -> None:  # [pos, d_model], added to the embedding
-        run.outs[0] = run.outs[0] + x[:, None, :]
-
-    def head_outputs(layer: int) -> HookFn:
-        W_O = model.blocks[layer].attn.W_O  # [d_model, H * d_head]
-
-        def fn(z: Tensor, hook: HookPoint) -> None:
-            run.outs.append(torch.einsum("bphe,dhe->bphd", z, W_O.view(-1, H, dh)))
-
-        return fn
+    def pos(x: Tensor, hook: HookPoint) -> None:  # [pos, d_model] ([batch, pos, d_model] with a padding mask)
+        run.outs[0] = run.outs[0] + x.unsqueeze(-2)
 
     def mlp(x: Tensor, hook: HookPoint) -> None:
         run.outs.append(x.unsqueeze(2))
@@ -156,12 +236,13 @@ def _recording_hooks(model: Transformer, run: _Run) -> list[tuple[str, HookFn]]:
     if cfg.positions == "learned":
         hooks.append(("hook_pos_embed", pos))
     for layer in range(cfg.n_layers):
-        hooks += [(f"blocks.{layer}.attn.hook_z", head_outputs(layer)), (f"blocks.{layer}.hook_mlp_out", mlp)]
+        hooks += _head_hooks(model, layer, run) + [(f"blocks.{layer}.hook_mlp_out", mlp)]
     return hooks
 
 
 def writer_outputs(model: Transformer, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos W d_model"]:
-    """Every writer's output on `tokens` (the full model, no masks)."""
+    """Every writer's output on `tokens` (the full model, no masks; heads: their shares under this
+    run's state, module docstring)."""
     run = _Run()
     with torch.no_grad(), model.hooks(_recording_hooks(model, run)):
         model(tokens)
@@ -222,14 +303,18 @@ def edge_mask_hooks(
 def run_masked(
     model: Transformer, graph: ComponentGraph, tokens: Int[Tensor, "batch pos"], mask: Float[Tensor, "*c W R"],
     base: Tensor | None = None, delta: Tensor | None = None,
-    embed_fn: Callable[[Tensor, HookPoint], Tensor | None] | None = None,
+    embed_fn: Callable[[Tensor, HookPoint], Tensor | None] | None = None, frozen: bool = False,
 ) -> Float[Tensor, "batch pos d_vocab"]:
     """Logits under an edge mask (with a leading mask dim c, `tokens` are tiled c times here).
-    `embed_fn` is an extra hook on `hook_embed`, run before the recording (input interpolation)."""
+    `embed_fn` is an extra hook on `hook_embed`, run before the recording (input interpolation).
+    `frozen=True` holds the nonlinear writers' state constant under autograd (`frozen_state_hooks`;
+    the forward values are unchanged), for gradient methods."""
     c = mask.shape[0] if mask.dim() == 3 else 1
     hooks = edge_mask_hooks(model, graph, mask, base, delta)
     if embed_fn is not None:
         hooks.insert(0, ("hook_embed", embed_fn))
+    if frozen:
+        hooks = frozen_state_hooks(model) + hooks
     with model.hooks(hooks):
         return model(tokens.repeat(c, 1) if c > 1 else tokens)
 
@@ -254,5 +339,6 @@ def edges_into_nodes(graph: ComponentGraph, keep: Bool[Tensor, " W"]) -> Bool[Te
     return graph.valid & keep.unsqueeze(1) & reader_on.unsqueeze(0)
 
 
-__all__ = ["ComponentGraph", "READER_KINDS", "build_graph", "edge_mask_hooks", "edges_into_nodes", "node_mask",
-           "ones_mask", "run_masked", "writer_outputs"]
+__all__ = ["ComponentGraph", "READER_KINDS", "build_graph", "edge_mask_hooks", "edges_into_nodes",
+           "frozen_state_hooks", "head_shares", "node_mask", "nonlinear_heads", "ones_mask", "run_masked",
+           "writer_outputs"]

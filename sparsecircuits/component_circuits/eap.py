@@ -16,6 +16,15 @@ Sundararajan et al. 2017) averages that gradient over `steps` points of a path (
                scores sum exactly to metric(all on) - metric(all off) as steps grow (completeness),
                which the tests check.
 Use a logit difference (not KL, whose gradient vanishes at the clean point).
+
+Nonlinear writers (post-norms, AbsTopK on the attention output; `component_graph.py`): the gradient
+passes hold their state constant, as attribution graphs hold norm scales and attention patterns: the
+post-norms' scales are detached (`run_masked(..., frozen=True)`), AbsTopK's selection is constant
+under autograd anyway. Gradients then pass a post-norm and AbsTopK as the fixed linear map
+x -> S * (w / s) * C x (pre-norms and everything else stay live, as for dense models). The forward
+values are the model's own, and exact patching (`patching.py`) recomputes the state live. `edge_ig` keeps the state live too: it is the reference
+that converges to exact patching, which holds where the state moves smoothly along the path (norm
+scales), not where an AbsTopK selection flips on it.
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ def _mask_grad(task: ComponentTask, m: Tensor, alpha: float | None) -> Float[Ten
     tokens = task.data.tokens.to(task.device)
     with torch.enable_grad():
         if alpha is None:
-            logits = run_masked(task.model, task.graph, tokens, mask, base=task.base)
+            logits = run_masked(task.model, task.graph, tokens, mask, base=task.base, frozen=True)
         else:
             shift = (1 - alpha) * (task.base[..., 0, :] - task.clean[..., 0, :])  # writer 0 = embed
 
@@ -44,7 +53,7 @@ def _mask_grad(task: ComponentTask, m: Tensor, alpha: float | None) -> Float[Ten
                 return x + shift[:, : x.shape[1]].to(x.dtype)
 
             delta = task.clean - task.base
-            logits = run_masked(task.model, task.graph, tokens, mask, delta=delta, embed_fn=interpolate)
+            logits = run_masked(task.model, task.graph, tokens, mask, delta=delta, embed_fn=interpolate, frozen=True)
         value = metric_of_logits(logits, task.data).sum()
         (grad,) = torch.autograd.grad(value, mask)
     return grad.detach().cpu()

@@ -4,7 +4,8 @@
                 type: the first token, tokens equal to the correct answer, tokens equal to the incorrect
                 answer (in sequence continuation: the last member shown), other tokens, and the sink;
   OV scores     per head, the direct OV map of the member tokens, W_U W_O,h W_V,h W_E[t] (norms taken
-                as their gains, i.e. the first-order OV circuit of Elhage et al. 2021): "successor"
+                as their gains, a post-norm's included, and AbsTopK selections, which depend on a
+                run, left out: the first-order OV circuit of Elhage et al. 2021): "successor"
                 = share of members t_i whose next member t_{i+1} is among the top-k outputs, "copy" =
                 share whose own token is (Lan et al.: successor head 9.1 of GPT-2 ≈ 87–91%);
   logit lens    per layer, the logit difference (correct - incorrect) and the share of prompts whose
@@ -72,6 +73,8 @@ def ov_scores(model: Transformer, members: list[int], k: int = 5) -> tuple[Tenso
             g = h // G
             v = x @ attn.W_V[g * dh:(g + 1) * dh].T  # [m, dh]
             out = (v @ attn.W_O[:, h * dh:(h + 1) * dh].T) * model.ln_final.w  # [m, d]
+            if cfg.post_norms:
+                out = out * block.ln1_post.w
             top = (out @ W_U.T).topk(k, dim=-1).indices  # [m, k]
             copy[L, h] = (top == ids.unsqueeze(1)).any(1).float().mean()
             succ[L, h] = (top[:-1] == ids[1:].unsqueeze(1)).any(1).float().mean() if len(ids) > 1 else 0.0

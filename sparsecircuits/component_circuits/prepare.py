@@ -63,7 +63,9 @@ def _reference(data: TaskData) -> tuple[Tensor, Tensor]:
 
 @torch.no_grad()
 def baseline_outputs(model: Transformer, data: TaskData, ablation: str, seed: int = 0) -> Tensor:
-    """Baseline writer outputs for an ablation, broadcastable to the task's examples."""
+    """Baseline writer outputs for an ablation, broadcastable to the task's examples. Heads' outputs
+    are their shares under the baseline run's own state (post-norm scale, AbsTopK selection;
+    `component_graph.py`), so a mean is the mean of those shares."""
     if ablation not in ABLATIONS:
         raise ValueError(f"ablation must be one of {ABLATIONS}, got {ablation!r}")
     dev = next(model.parameters()).device

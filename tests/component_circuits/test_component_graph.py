@@ -44,15 +44,22 @@ def corr(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.corrcoef(torch.stack([a, b]))[0, 1])
 
 
-@pytest.mark.parametrize("name", list(CONFIGS))
-def test_ones_mask_reproduces_clean_logits(name):
-    model, data = model_for(name), fake_task()
+def check_ones_mask(model) -> None:
+    """Masks of ones reproduce the clean logits, also under EAP's state-freezing hooks (`frozen`)."""
+    data = fake_task()
     g = build_graph(model)
     base = writer_outputs(model, data.cf_tokens)
     with torch.no_grad():
         clean = model(data.tokens)
         masked = run_masked(model, g, data.tokens, ones_mask(g), base)
+        frozen = run_masked(model, g, data.tokens, ones_mask(g), base, frozen=True)
     assert torch.allclose(clean, masked, atol=1e-5)  # per-head projections: float rounding only
+    assert torch.equal(frozen, masked)  # detaching changes no forward value
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_ones_mask_reproduces_clean_logits(name):
+    check_ones_mask(model_for(name))
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
