@@ -31,7 +31,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "sparsecircuits"
 LAYERS: list[tuple[str, set[str]]] = [
     ("utilities", {"atomic", "config_utils", "distributed", "lazy"}),
     ("model/data/tasks", {"model", "data", "tasks"}),
-    ("core", {"graph", "ablation", "ablation_names", "evaluate"}),
+    ("core", {"graph", "ablation", "ablation_names", "evaluate", "check"}),
     ("methods", {"dictionaries", "weight_sparse", "component_circuits", "feature_circuits", "transcoder_circuits"}),
     ("viz", {"viz"}),
     ("api", {"api", "__init__"}),
