@@ -4,7 +4,7 @@ circuit opens in < 3 s, a node card opens in < 1 s).
 Steps:
   1. generate a layered circuit (default 5,000 nodes over 8 layers x 8 sites, 20,000 weight and
      residual edges, random scores) with a realistic card payload per node: 8 top contexts of 16
-     tokens and a 32-bin histogram (as `sparsecircuits view --model` writes them); write the page;
+     tokens per sign and a 32-bin histogram (as `sparsecircuits view --model` writes them); write the page;
   2. open it `--loads` times in a fresh tab: seconds from navigation to the page's ready flag
      (script parsed, data parsed, SVG nodes built, edges drawn) as seen from Python, and the page's
      own `performance.now()` at ready (time since navigation start), then after two more frames;
@@ -80,9 +80,11 @@ def with_cards(data: dict, seed: int = 0) -> dict:
     rng = random.Random(seed)
     data["vocab"] = {str(i): f"tok{i}" for i in range(1024)}
     for n in data["nodes"]:
-        n["top"] = [{"tokens": [rng.randrange(1024) for _ in range(16)], "at": 12, "value": rng.gauss(0, 1)}
-                    for _ in range(8)]
-        n["hist"] = {"lo": -1.0, "hi": 1.0, "counts": [rng.randrange(500) for _ in range(32)], "zeros": 100, "total": 8192}
+        n["contexts"] = {sign: [{"tokens": [rng.randrange(1024) for _ in range(16)], "at": 12,
+                                 "value": s * abs(rng.gauss(0, 1))} for _ in range(8)]
+                         for sign, s in (("pos", 1.0), ("neg", -1.0))}
+        n["hist"] = {"lo": -1.0, "hi": 1.0, "counts": [rng.randrange(500) for _ in range(32)], "zeros": 100, "total": 8192,
+                     "mean": 0.0, "std": 0.5}
     return data
 
 

@@ -15,8 +15,17 @@ from typing import Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-from sparsecircuits.cli.common import ParserBuilder, add_config_flags, cache_dir, collect, command_parser
+from sparsecircuits.cli.common import (
+    ParserBuilder,
+    add_config_flags,
+    cache_dir,
+    check_names,
+    check_tasks,
+    collect,
+    command_parser,
+)
 from sparsecircuits.model.config import ModelConfig
 from sparsecircuits.weight_sparse.config import MODES, BridgeConfig, TrainConfig
 from sparsecircuits.weight_sparse.presets import PRESETS, get_preset
@@ -90,7 +99,7 @@ def _setup(args: argparse.Namespace, console: Console):  # noqa: ANN202
         sparse, init, base = Transformer(cfg), f"preset:{args.preset}", dict(preset.train)
     check_compatible(dense_ck.model.cfg, sparse.cfg)
     train = collect(args, TrainConfig, base)
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), TimeElapsedColumn(), console=console)
+    progress = Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(), TimeElapsedColumn(), console=console)
     tasks: dict[str, Any] = {}
 
     def on_data(stage: str, done: int, total: int) -> None:
@@ -110,11 +119,11 @@ def cmd_train_bridges(args: argparse.Namespace, console: Console) -> int:
 
     setup, train = _setup(args, console)
     bcfg = collect(args, BridgeConfig, {})
-    console.print(f"[bold]Training bridges[/] {setup.dense_path} <-> sparse ({setup.sparse_init}): "
-                  f"{2 * setup.sparse.cfg.n_layers + 1} sites, {train.steps} steps of {train.batch_size} sequences, "
-                  f"lr {train.lr:g} (bridges {bcfg.bridge_lr:g}) -> {args.out}")
-    progress = Progress(TextColumn("[bold]train-bridges"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+    console.print(Text.assemble(("Training bridges", "bold"), f" {setup.dense_path} <-> sparse ({setup.sparse_init}): "
+                                f"{2 * setup.sparse.cfg.n_layers + 1} sites, {train.steps} steps of {train.batch_size} "
+                                f"sequences, lr {train.lr:g} (bridges {bcfg.bridge_lr:g}) -> {args.out}"))
+    progress = Progress(TextColumn("train-bridges", style="bold", markup=False), BarColumn(),
+                        TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[stats]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     bar: list[Any] = []
 
     def on_step(r: BridgeStepReport) -> None:
@@ -148,7 +157,7 @@ def _intervention(args: argparse.Namespace, lb: Any, select: Any, console: Conso
     from sparsecircuits.graph import Circuit
     from sparsecircuits.weight_sparse.bridges_intervene import Intervention, channel_effects, circuit_channels
 
-    lb.bridges.index(args.site)  # a clear error before any slow work
+    check_names("bridge site", [args.site], lb.bridges.sites)  # a clear error before any slow work
     baseline = None
     if args.mode == "ablate" and args.baseline == "mean":
         tok = load_tokenizer(lb.sparse_checkpoint.tokenizer_path)
@@ -176,6 +185,7 @@ def cmd_bridge_intervene(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.weight_sparse.bridges_train import load_bridges
     from sparsecircuits.weight_sparse.prune import split_indices
 
+    check_tasks([args.task])
     lb = load_bridges(args.bridges, args.dense)
     if lb.sparse_checkpoint.tokenizer_path is None:
         raise ValueError(f"{str(lb.path)!r} has no tokenizer.json; tasks need the tokenizer")

@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from sparsecircuits.check import ITEMS  # torch-free
 from sparsecircuits.cli.common import ParserBuilder, cache_dir, command_parser
@@ -61,9 +61,9 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
         data = filter_solved(model, data)
     found_on = circuit.metadata.get("task")
     if found_on is not None and str(found_on) != data.name:
-        console.print(f"[yellow]note:[/] the circuit was found on {escape(str(found_on))}, checked on {escape(data.name)}")
+        console.print(Text.assemble(("note:", "yellow"), f" the circuit was found on {found_on}, checked on {data.name}"))
     common = dict(n=args.n, seed=args.seed, strata=args.strata, zero_tol=args.zero_tol, n_worst=args.worst)
-    with console.status(f"patching {min(args.n, n_items)} of {n_items} {items} of {escape(str(args.circuit))} one by one"):
+    with console.status(f"patching {min(args.n, n_items)} of {n_items} {items} of {args.circuit} one by one"):
         if kind == "component":
             from sparsecircuits.component_circuits.check import check_component_circuit
 
@@ -81,7 +81,7 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
     if args.write:
         store_check(circuit, result)
         circuit.save(args.circuit)
-        console.print(f"-> {escape(str(args.circuit))} (metadata['check'])")
+        console.print(f"-> {args.circuit} (metadata['check'])")
     return 0
 
 
@@ -113,13 +113,13 @@ def _report(console: Console, r) -> None:  # noqa: ANN001
             ("sample", f"{r.n_strata} score strata, seed {r.seed}"),
             ("time", f"{r.seconds:.1f} s")]
     for k, v in rows:
-        summary.add_row(k, escape(v))
+        summary.add_row(k, v)
     console.print(summary)
     worst = Table(title="worst cases (largest |score - effect|; score = metric(clean) - metric(ablated), estimated)")
     for col in (r.items[:-1], "score", "exact effect", "|error|"):
         worst.add_column(col, justify="left" if col == r.items[:-1] else "right")
     for w in r.worst:
-        worst.add_row(escape(str(w["id"])), f"{w['score']:+.4f}", f"{w['effect']:+.4f}", f"{w['error']:.4f}")
+        worst.add_row(str(w["id"]), f"{w['score']:+.4f}", f"{w['effect']:+.4f}", f"{w['error']:.4f}")
     console.print(worst)
 
 

@@ -1,6 +1,11 @@
 """What every command module of the CLI shares: the rich `console`, flags generated from config
 dataclasses (`add_config_flags`, `collect`), the cache folder, the error handling around a command
-(`run`) and the training run that `train` and `quickstart --retrain` both do (`train_model`).
+(`run`), checks of name arguments with suggestions (`check_names`, `check_tasks`, `check_hooks`) and
+the training run that `train` and `quickstart --retrain` both do (`train_model`).
+
+Output never garbles data (`PlainConsole`): rich markup and emoji codes are off, so a task summary
+holding `[key]` or a name holding `:-1:` prints as written (style our own words with `rich.text.Text`,
+not markup); piped output is not cut to 80 columns; `console.log` is a timestamped line.
 
 Flags generated from a config: every field is a kebab-case flag with its help text and default,
 booleans are negatable (`--bigram-table / --no-bigram-table`), tuples take several values. A preset
@@ -14,16 +19,65 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+from rich.console import Console, ConsoleDimensions
+from rich.text import Text
 
-console = Console()
+if TYPE_CHECKING:
+    from rich.status import Status
+
+PIPE_WIDTH = 4096  # columns of output that is not a terminal (a file, a pipe, CI logs): tables are never cut
+
+
+class PlainConsole(Console):
+    """The CLI's console: no markup, no emoji codes, no highlighting of data, full width when piped.
+
+    Markup off means every string is printed as text, so data (task summaries, node ids, file names)
+    cannot be eaten as `[style]` tags; our own emphasis is a `Text` with a style. Rich parses markup
+    in two places the console setting does not reach: spinner texts (`status`, handled here) and
+    `TextColumn`s of progress bars (create them with `markup=False`)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs = {"markup": False, "emoji": False, "highlight": False, **kwargs}
+        super().__init__(**kwargs)
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        dims = super().size
+        if self._width is None and not self.is_terminal and not os.environ.get("COLUMNS"):
+            return ConsoleDimensions(PIPE_WIDTH, dims.height)
+        return dims
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        self._width, self._height = new_size
+
+    def status(self, status: Any, **kwargs: Any) -> Status:  # type: ignore[override]
+        from rich.status import Status
+
+        class _PlainStatus(Status):
+            def update(self, status: Any = None, **kw: Any) -> None:
+                super().update(Text(status) if isinstance(status, str) else status, **kw)
+
+        return _PlainStatus(Text(status) if isinstance(status, str) else status, console=self, **kwargs)
+
+    def log(self, *objects: Any, sep: str = " ", end: str = "\n", **_: Any) -> None:  # type: ignore[override]
+        """One line, `[HH:MM:SS] message` (rich's own log pads every line to the console's width)."""
+        stamp = Text(time.strftime("[%H:%M:%S] "), style="log.time")
+        if all(isinstance(o, (str, Text)) for o in objects):
+            self.print(Text.assemble(stamp, sep.join(str(o) for o in objects)), end=end)
+        else:
+            self.print(stamp, *objects, sep=sep, end=end)
+
+
+console = PlainConsole()
 
 Command = Callable[[argparse.Namespace, Console], int]  # runs a command; returns the exit code
 ParserBuilder = Callable[[argparse._SubParsersAction, str, str], None]  # adds a command's sub-parser
@@ -82,13 +136,84 @@ def _show(value: Any) -> str:
 
 
 def collect(args: argparse.Namespace, cls: type, preset: dict[str, Any]) -> Any:
-    """Build a config: dataclass defaults < preset < explicit flags."""
+    """Build a config: dataclass defaults < preset < explicit flags. A config that rejects a name
+    (its message lists the allowed ones) gets a "did you mean" for the names given as flags."""
     values = dict(preset)
     prefix = cls.__name__ + "."
+    given: list[str] = []
     for key, value in vars(args).items():
         if key.startswith(prefix):
             values[key[len(prefix) :]] = tuple(value) if isinstance(value, list) else value
-    return cls(**values)
+            given += [v for v in (value if isinstance(value, (list, tuple)) else [value]) if isinstance(v, str)]
+    try:
+        return cls(**values)
+    except ValueError as e:
+        hint = _suggest_from_message(str(e), given)
+        if hint:
+            raise ValueError(f"{e}{hint}") from None
+        raise
+
+
+def _suggest_from_message(message: str, given: list[str]) -> str:
+    """"; did you mean ..." for the first given name that is not among the names a message lists as
+    allowed (its longest tuple or list literal of strings: a shorter one is what was got), else ""."""
+    import ast
+    import re
+
+    known: list[str] = []
+    for literal in re.findall(r"[(\[]'[^()\[\]]*[)\]]", message):
+        try:
+            names = [str(x) for x in ast.literal_eval(literal)]
+        except (ValueError, SyntaxError):
+            continue
+        known = names if len(names) > len(known) else known
+    for name in given:
+        if known and name not in known:
+            hint = did_you_mean(name, known)
+            if hint:
+                return hint
+    return ""
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """"; did you mean 'a' or 'b'?" for the known names close to `name` (difflib), else ""."""
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=3, cutoff=0.6)
+    return f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
+
+
+def check_names(what: str, given: Iterable[str], known: Iterable[str], show: int = 40) -> None:
+    """Raise a ValueError naming the first of `given` that is not in `known`, with close matches and
+    (up to `show` of) the known names. Call it before any expensive work."""
+    known = sorted(str(k) for k in known)
+    for name in given:
+        if name not in known:
+            listed = ", ".join(known[:show]) + (f", ... ({len(known)} in all)" if len(known) > show else "")
+            raise ValueError(f"unknown {what} {name!r}{did_you_mean(name, known)} (known: {listed})")
+
+
+def check_tasks(names: Iterable[str | None]) -> None:
+    """Check built-in task names against the registry (imports the tasks, not a model)."""
+    import sparsecircuits.tasks  # noqa: F401  (registers the built-in tasks)
+    from sparsecircuits.tasks.base import TASKS
+
+    check_names("task", [n for n in names if n is not None], TASKS)
+
+
+def check_hooks(names: Iterable[str | None], model: Any) -> None:
+    """Check hook names against a loaded model's hook points (its own message names close matches)."""
+    for name in names:
+        if name:
+            model.resolve_hook_names(name)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with "did you mean" for a value outside `choices` (a command name, --method, --arch ...)."""
+
+    def _check_value(self, action: argparse.Action, value: Any) -> None:
+        if action.choices is not None and value not in action.choices:
+            choices = ", ".join(map(str, action.choices))
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r}{did_you_mean(value, action.choices)} "
+                                                 f"(choose from {choices})")
 
 
 def run(command: Command, args: argparse.Namespace) -> int:
@@ -101,10 +226,11 @@ def run(command: Command, args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as e:
         if os.environ.get("SPARSECIRCUITS_DEBUG"):
             raise
-        console.print(f"[bold red]error:[/] {e}")
+        console.print(Text.assemble(("error:", "bold red"), f" {e}"))
         return 2
     except KeyboardInterrupt:
-        console.print("[yellow]interrupted[/]: the newest checkpoint is intact; rerun with --resume to continue")
+        console.print(Text.assemble(("interrupted", "yellow"),
+                                    ": the newest checkpoint is intact; rerun with --resume to continue"))
         return 130
     finally:
         if "torch" in sys.modules:  # without torch there is no process group (and no need to load it to see)
@@ -133,8 +259,8 @@ def train_model(args: argparse.Namespace, console: Console) -> int:
     out = args.out or Path("runs") / (args.preset + ("-dense" if train.dense else ""))
     spec = RunSpec(model, train, data)
     kind = "dense twin" if train.dense else "weight-sparse model"
-    console.print(f"[bold]Training a {kind}[/] ({args.preset}: {model.n_layers} layers, d_model {model.d_model}, "
-                  f"{train.steps} steps of {train.batch_size}x{model.n_ctx} tokens) -> {out}")
+    console.print(Text.assemble((f"Training a {kind}", "bold"), f" ({args.preset}: {model.n_layers} layers, d_model "
+                                f"{model.d_model}, {train.steps} steps of {train.batch_size}x{model.n_ctx} tokens) -> {out}"))
     t0 = time.perf_counter()
     with TrainProgress(console) as progress:
         result = train_run(spec, out, cache_dir(args), resume=args.resume, on_step=progress.on_step,

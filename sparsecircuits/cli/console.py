@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
 if TYPE_CHECKING:  # types only: this module loads with the CLI, before (and often without) torch
     from sparsecircuits.weight_sparse.info import CheckpointInfo
@@ -20,10 +21,10 @@ class TrainProgress:
     def __init__(self, console: Console) -> None:
         self.console = console
         self.progress = Progress(
-            TextColumn("[bold]{task.description}"),
+            TextColumn("{task.description}", style="bold", markup=False),
             BarColumn(),
             TextColumn("{task.completed}/{task.total}"),
-            TextColumn("{task.fields[stats]}"),
+            TextColumn("{task.fields[stats]}", markup=False),
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -80,8 +81,8 @@ def info_table(info: CheckpointInfo) -> list[Table]:
         l0.add_column(col, justify="left" if col == "matrix" else "right")
     for m in info.matrices:
         numel = m.shape[0] * m.shape[1]
-        ok = "" if m.nonzeros == m.target else " [red]!=[/]"
-        l0.add_row(m.name, "x".join(map(str, m.shape)), f"{m.nonzeros:,}{ok}", f"{m.target:,}",
+        nonzeros = Text(f"{m.nonzeros:,}") if m.nonzeros == m.target else Text.assemble(f"{m.nonzeros:,} ", ("!=", "red"))
+        l0.add_row(m.name, "x".join(map(str, m.shape)), nonzeros, f"{m.target:,}",
                    f"{m.nonzeros / numel:.4f}", str(m.neurons_below_min))
     return [summary, cfg, l0]
 
@@ -104,5 +105,5 @@ class StageBars:
 
 def stage_progress(console: Console) -> Progress:
     """The transient bar layout that `StageBars` fills (use as a context manager)."""
-    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+    return Progress(TextColumn("{task.description}", markup=False), BarColumn(), TextColumn("{task.completed}/{task.total}"),
                     TimeElapsedColumn(), console=console, transient=True)

@@ -17,8 +17,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+from rich.text import Text
 
-from sparsecircuits.cli.common import ParserBuilder, add_config_flags, cache_dir, collect, command_parser
+from sparsecircuits.cli.common import (
+    ParserBuilder,
+    add_config_flags,
+    cache_dir,
+    check_hooks,
+    collect,
+    command_parser,
+)
 from sparsecircuits.dictionaries.config import ARCHITECTURE_NAMES, DictTrainConfig
 
 
@@ -57,13 +65,26 @@ def _features_parser(sub: argparse._SubParsersAction, name: str, help: str) -> N
     f = command_parser(sub, name, help)
     f.add_argument("--model", type=Path, required=True, help="checkpoint folder or run folder")
     src = f.add_mutually_exclusive_group(required=True)
-    src.add_argument("--dictionary", type=Path, help="dictionary folder")
+    src.add_argument("--dictionary", type=Path, help="dictionary folder, or a transcoder set (as `graph --transcoders`) "
+                     "with --layer")
     src.add_argument("--neurons", help="hook whose channels are the features, e.g. blocks.0.mlp.hook_post")
-    f.add_argument("--out", type=Path, required=True, help="folder for features.safetensors + features.json")
+    f.add_argument("--layer", type=int, default=None, help="the layer to show when --dictionary is a transcoder set; "
+                   "its lower layers are then the default --upstream")
+    f.add_argument("--out", type=Path, default=None, help="folder for features.safetensors + features.json")
+    f.add_argument("--html", type=Path, default=None,
+                   help="also write the feature dashboard, one offline HTML page, e.g. dashboards/L1.html "
+                   "(open it with #f=123 for feature 123)")
     f.add_argument("--batches", type=int, default=16, help="batches of validation windows (default: 16)")
     f.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default: 16)")
     f.add_argument("--top", type=int, default=16, help="examples per feature (default: 16)")
     f.add_argument("--context", type=int, default=16, help="tokens of context per example (default: 16)")
+    f.add_argument("--top-tokens", type=int, default=10,
+                   help="promoted and suppressed output tokens per feature on the dashboard (default: 10)")
+    f.add_argument("--upstream", type=Path, default=None,
+                   help="transcoders of earlier layers (a folder of per-layer transcoder folders or a circuit-tracer "
+                   "set, as `graph --transcoders`): the dashboard of a transcoder lists each feature's top "
+                   "input-invariant upstream features (default: none)")
+    f.add_argument("--upstream-top", type=int, default=10, help="upstream features per feature (default: 10)")
     f.add_argument("--cache-dir", type=Path, default=None, help="token cache")
 
 
@@ -97,6 +118,7 @@ def cmd_train_dict(args: argparse.Namespace, console: Console) -> int:
     cfg = collect(args, DictTrainConfig, {})
     ck = load_checkpoint(args.model)
     model = ck.model
+    check_hooks([args.hook, args.out_hook], model)
     out_hook = args.out_hook or args.hook
     widths = hook_widths(model, [args.hook, out_hook])
     ks = args.k if args.arch in ("topk", "batchtopk") else args.k[:1]
@@ -118,11 +140,11 @@ def cmd_train_dict(args: argparse.Namespace, console: Console) -> int:
         ctx.barrier()
         store = store_activations(src, args.store, n_chunks, key).folder
     names = ", ".join(c.name for c in cfgs)
-    console.print(f"[bold]Training {len(cfgs)} dictionar{'y' if len(cfgs) == 1 else 'ies'}[/] ({names}) on "
+    console.print(Text.assemble((f"Training {len(cfgs)} dictionar{'y' if len(cfgs) == 1 else 'ies'}", "bold"), f" ({names}) on "
                   f"{args.hook}{' -> ' + out_hook if out_hook != args.hook else ''}: {cfg.steps} steps of "
-                  f"{cfg.batch_size} tokens -> {args.out}")
-    progress = Progress(TextColumn("[bold]train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                        TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+                  f"{cfg.batch_size} tokens -> {args.out}"))
+    progress = Progress(TextColumn("train", style="bold", markup=False), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                        TextColumn("{task.fields[stats]}", markup=False), TimeElapsedColumn(), TimeRemainingColumn(), console=console)
     meta = {"model": str(ck.path), "model_name": Path(ck.path).name, "context_size": model.cfg.n_ctx}
     with progress:
         task = progress.add_task("train", total=cfg.steps, stats="")
@@ -180,22 +202,127 @@ def cmd_features(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.dictionaries import (
         dictionary_source,
         feature_examples,
-        load_dictionary,
         neuron_source,
         save_feature_examples,
     )
     from sparsecircuits.dictionaries.activations import checkpoint_tokens
     from sparsecircuits.model.checkpoint import load_checkpoint
 
+    if args.out is None and args.html is None:
+        raise ValueError("nothing to write: give --out (the tables) and/or --html (the dashboard)")
+    if args.upstream is not None and (args.html is None or args.dictionary is None):
+        raise ValueError("--upstream needs --html and a --dictionary (a transcoder)")
     ck = load_checkpoint(args.model)
+    check_hooks([args.neurons], ck.model)  # a misspelt hook fails before the corpus is tokenized
+    d, transcoder_set = _features_dictionary(args)
+    if d is not None:  # feature_examples encodes float32 activations on the model's device
+        import torch
+
+        d = d.to(ck.model.W_E.device, torch.float32)
     windows = [w[:, :-1] for w in _windows(ck.model, checkpoint_tokens(ck, cache_dir(args)), args.batches, args.batch_size)]
-    source = dictionary_source(load_dictionary(args.dictionary)) if args.dictionary else neuron_source(ck.model, args.neurons)
+    source = dictionary_source(d) if d is not None else neuron_source(ck.model, args.neurons)
     with console.status(f"top contexts of {source.width} features"):
         ex = feature_examples(ck.model, source, windows, k=args.top, context=args.context)
-    save_feature_examples(ex, args.out)
+    if args.out is not None:
+        save_feature_examples(ex, args.out)
     alive = int((ex.density > 0).sum())
-    console.print(f"{source.width} features ({alive} fire) over {ex.n_tokens:,} tokens -> {args.out}")
+    console.print(f"{source.width} features ({alive} fire) over {ex.n_tokens:,} tokens"
+                  f"{' -> ' + str(args.out) if args.out is not None else ''}", markup=False)
+    if args.html is not None:
+        with console.status("dashboard"):
+            path, notes = _write_dashboard(args, ck, d, ex, transcoder_set)
+        for note in notes:
+            console.print(f"note: {note}", style="yellow", markup=False)
+        console.print(f"-> {path} ({path.stat().st_size / 1e6:.1f} MB; open {path.name}#f=0 for feature 0)", markup=False)
     return 0
+
+
+def _features_dictionary(args: argparse.Namespace):  # noqa: ANN202
+    """(the dictionary of `--dictionary` [`--layer`] or None for --neurons, the transcoder set or None)."""
+    from sparsecircuits.dictionaries import load_dictionary
+    from sparsecircuits.dictionaries.formats import CFG
+
+    if args.dictionary is None:
+        return None, None
+    if (Path(args.dictionary) / CFG).exists():
+        if args.layer is not None:
+            raise ValueError(f"--layer is for transcoder sets; {args.dictionary} is one dictionary")
+        return load_dictionary(args.dictionary), None
+    tcs = _transcoder_set(args.dictionary)
+    if args.layer is None or args.layer not in tcs:
+        raise ValueError(f"{args.dictionary} is a transcoder set: pick one with --layer (layers: {sorted(tcs)})")
+    return tcs[args.layer], tcs
+
+
+def _transcoder_set(path: Path) -> dict:
+    """Per-layer transcoders of a circuit-tracer set or of a folder of dictionary folders (what `graph
+    --transcoders` takes; command modules may not import `cli.graph`, whose `load_transcoders` this
+    composes the same way from the shared loaders)."""
+    from sparsecircuits.cli.loading import load_dictionaries
+    from sparsecircuits.dictionaries import load_transcoder_set
+    from sparsecircuits.viz.dashboard_data import dictionary_layer
+
+    path = Path(path).parent if Path(path).suffix in (".yaml", ".yml") else Path(path)
+    if (path / "config.yaml").exists():
+        return load_transcoder_set(path)
+    out: dict = {}
+    for d in load_dictionaries([path]):
+        if not d.cfg.is_transcoder or dictionary_layer(d) in out:
+            raise ValueError(f"{path} must hold one transcoder per layer; {d.cfg.name} on {d.cfg.hook!r} is not "
+                             "a transcoder or repeats a layer")
+        out[dictionary_layer(d)] = d
+    return out
+
+
+def _write_dashboard(args: argparse.Namespace, ck, d, ex, transcoder_set):  # noqa: ANN001, ANN202
+    """Wire the dashboard's numbers (logit effects, upstream features) and write the page."""
+    from sparsecircuits.data.tokenizer import load_tokenizer
+    from sparsecircuits.dictionaries.feature_effects import logit_effects
+    from sparsecircuits.viz.dashboard import dashboard_links, write_dashboard
+    from sparsecircuits.viz.dashboard_data import dashboard_data, upstream_features
+
+    model = ck.model
+    if ck.tokenizer_path is None:
+        raise ValueError(f"{ck.path} has no tokenizer.json; the dashboard shows token strings")
+    tok = load_tokenizer(ck.tokenizer_path)
+    out_hook = d.cfg.out_hook if d is not None else args.neurons
+    effects = logit_effects(model, out_hook, d.W_dec.detach() if d is not None else None, args.top_tokens)
+    name = "neurons" if d is None else Path(args.dictionary).name + (f" L{args.layer}" if transcoder_set else "")
+    info = {"title": f"{name} \u00b7 {out_hook}", "hook": ex.hook, "out_hook": out_hook, "width": ex.top_acts.shape[0],
+            "model": str(args.model), "name": d.cfg.name if d is not None else "neurons",
+            "dictionary": str(Path(args.dictionary).resolve()) if d is not None and not transcoder_set else None,
+            "logit_note": None if effects is not None else
+            f"{out_hook} has no direct path to the logits (attention input, q/k/v or MLP input)"}
+    notes = []
+    if effects is not None:
+        what = ("its W_dec row" if d is not None else
+                "a neuron's W_out column" if out_hook.endswith("hook_post") else "a unit vector")
+        notes.append(f"logit effect: the feature's output direction ({what}) carried through the final norm as a linear "
+                     "map (LayerNorm centres it; both norms multiply by the gain; the per-token scale is held at 1) "
+                     "and W_U; biases, the bigram table and a softcap are left out")
+    upstream, links = None, {}
+    ups = transcoder_set
+    if args.upstream is not None:
+        ups = _transcoder_set(args.upstream)
+    if ups is not None and d is not None:
+        if not d.cfg.is_transcoder:
+            raise ValueError(f"--upstream: {args.dictionary} is not a transcoder (hook {d.cfg.hook!r})")
+        upstream = upstream_features(ups, d, args.upstream_top)
+    if upstream is not None and upstream.layer.shape[1] == 0:  # the lowest layer: nothing upstream
+        upstream = None
+    if upstream is not None and ups is not None:
+        below = sorted(set(upstream.layer.flatten().tolist()) - {-1})
+        idents = [(str(L), {"hook": ups[L].cfg.hook, "out_hook": ups[L].cfg.out_hook, "width": ups[L].cfg.width})
+                  for L in below]
+        folder = Path(args.html).parent
+        found = dashboard_links(folder, idents, folder)[0] if folder.is_dir() else {}
+        links = {int(L): href for L, href in found.items()}
+        notes.append("upstream features: d_i \u00b7 e_f, the input-invariant connection of Dunefsky et al. 2024 "
+                     "(transcoder_circuits.analysis.input_invariant), over the transcoders of lower layers; layers "
+                     f"linked to their dashboards: {sorted(links) or 'none found next to this page'}")
+    data = dashboard_data(ex, lambda t: tok.decode([t], skip_special_tokens=False), info, effects, upstream, links,
+                          notes)
+    return write_dashboard(args.html, data), [n for n in notes if n.startswith("upstream")]
 
 
 def cmd_convert_dict(args: argparse.Namespace, console: Console) -> int:
@@ -203,8 +330,9 @@ def cmd_convert_dict(args: argparse.Namespace, console: Console) -> int:
 
     from sparsecircuits.dictionaries import convert_pickle
 
-    console.print(f"[yellow]warning[/]: {args.pickle} is a pickle; it is read with torch.load(weights_only=True) "
-                  "(no code from it runs), but only convert files from a source you trust")
+    console.print(Text.assemble(("warning", "yellow"), f": {args.pickle} is a pickle; it is read with "
+                                "torch.load(weights_only=True) (no code from it runs), but only convert files from a "
+                                "source you trust"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         path = convert_pickle(args.pickle, args.out, args.hook, args.out_hook)

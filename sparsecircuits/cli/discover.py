@@ -11,7 +11,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from sparsecircuits.cli.common import ParserBuilder, add_config_flags, cache_dir, collect, command_parser
+from sparsecircuits.ablation_names import ABLATIONS
+from sparsecircuits.cli.common import (
+    ParserBuilder,
+    add_config_flags,
+    cache_dir,
+    check_names,
+    check_tasks,
+    collect,
+    command_parser,
+)
 from sparsecircuits.cli.loading import load_model, load_task, model_task_flags
 from sparsecircuits.component_circuits.config import METHOD_SUMMARIES, DiscoverConfig
 from sparsecircuits.graph import Circuit, edge_iou, intersect, node_iou
@@ -51,6 +60,7 @@ def cmd_discover(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.component_circuits.methods import discover, get_method
     from sparsecircuits.evaluate import filter_solved
 
+    check_tasks([args.task])
     cfg = collect(args, DiscoverConfig, {})
     model, tok, ck = load_model(args.model)
     data = load_task(args, model, tok)
@@ -125,6 +135,8 @@ def _prune(args: argparse.Namespace, console: Console, ck, data) -> int:  # noqa
 def cmd_compare_circuits(args: argparse.Namespace, console: Console) -> int:
     if len(args.circuits) < 2:
         raise ValueError("compare-circuits needs two or more circuit files")
+    if args.ablation is not None:
+        check_names("ablation", [args.ablation], ABLATIONS)
     circuits = [Circuit.load(p) for p in args.circuits]
     names = [f"{c.metadata.get('task', p.stem)}:{c.metadata.get('method', '?')}" for c, p in zip(circuits, args.circuits)]
     for title, fn in (("node IoU", node_iou), ("edge IoU", edge_iou)):
@@ -194,6 +206,7 @@ def cmd_heads(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.component_circuits.head_roles import POSITION_TYPES, head_roles
     from sparsecircuits.tasks.sequences import MEMBERS
 
+    check_tasks([args.task])
     model, tok, _ = load_model(args.model)
     data = load_task(args, model, tok)
     members = single_token_members(tok, MEMBERS[args.task]) if args.task in MEMBERS else None

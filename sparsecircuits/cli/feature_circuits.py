@@ -11,7 +11,13 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from sparsecircuits.cli.common import ParserBuilder, add_config_flags, collect, command_parser
+from sparsecircuits.cli.common import (
+    ParserBuilder,
+    add_config_flags,
+    check_tasks,
+    collect,
+    command_parser,
+)
 from sparsecircuits.cli.console import StageBars, stage_progress
 from sparsecircuits.cli.loading import load_dictionaries, load_model, load_task, model_task_flags
 from sparsecircuits.feature_circuits.config import FeatureCircuitConfig
@@ -32,6 +38,9 @@ def _feature_circuit_parser(sub: argparse._SubParsersAction, name: str, help: st
                    help="also score MLP neurons and print faithfulness vs nodes for features and neurons (default: off)")
     p.add_argument("--curve-sizes", type=int, nargs="+", default=[1, 2, 5, 10, 20, 50, 100, 200],
                    help="circuit sizes (nodes) of the faithfulness curve (default: 1 2 5 10 20 50 100 200)")
+    p.add_argument("--dashboards", type=Path, default=None,
+                   help="folder of feature dashboards (`features --html`): record each dictionary's page in the "
+                   "circuit's metadata so feature nodes link to it (default: none)")
     add_config_flags(p, FeatureCircuitConfig, "feature circuit")
 
 
@@ -41,6 +50,7 @@ def cmd_feature_circuit(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.feature_circuits.dictionary_graph import make_sites, mean_values, node_values
     from sparsecircuits.feature_circuits.evaluation import evaluate_circuit
 
+    check_tasks([args.task])
     cfg = collect(args, FeatureCircuitConfig, {})
     model, tok, _ = load_model(args.model)
     data = load_task(args, model, tok)
@@ -71,9 +81,22 @@ def cmd_feature_circuit(args: argparse.Namespace, console: Console) -> int:
     if args.compare_neurons:
         md["faithfulness_curve"] = _compare_neurons(args, console, model, sites, tokens, cf, data, metric, cfg,
                                                     result, untouched)
+    if args.dashboards is not None:
+        md["dashboards"] = _dashboards(console, args.dashboards, dicts, args.out)
     circuit.save(args.out)
     console.print(f"-> {args.out} (open with `sparsecircuits view {args.out}`)")
     return 0
+
+
+def _dashboards(console: Console, folder: Path, dicts: list, out: Path) -> dict[str, str]:
+    """{node site: dashboard href relative to the circuit JSON's folder}; `href#f=<index>` opens a node."""
+    from sparsecircuits.viz.dashboard import dashboard_links
+
+    idents = [(d.cfg.out_hook, {"hook": d.cfg.hook, "out_hook": d.cfg.out_hook, "width": d.cfg.width}) for d in dicts]
+    links, missing = dashboard_links(folder, idents, Path(out).parent)
+    if missing:
+        console.print(f"note: no single dashboard in {folder} for {', '.join(missing)}", style="yellow", markup=False)
+    return links
 
 
 def _print_top(console: Console, circuit, top: int) -> None:  # noqa: ANN001

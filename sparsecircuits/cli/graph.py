@@ -33,6 +33,9 @@ def _graph_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None
     g.add_argument("--slug", default="", help="graph name in the JSON metadata (default: the output file's stem)")
     g.add_argument("--out", type=Path, required=True, help="graph JSON to write (circuit-tracer / Neuronpedia schema)")
     g.add_argument("--circuit", type=Path, default=None, help="also write our circuit JSON (opens in `sparsecircuits view`)")
+    g.add_argument("--dashboards", type=Path, default=None,
+                   help="folder of feature dashboards (`features --html`): record each layer's page in the JSON "
+                   "metadata so feature nodes link to it (default: none)")
 
 
 def _paths_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
@@ -120,6 +123,9 @@ def cmd_graph(args: argparse.Namespace, console: Console) -> int:
                         node_threshold=args.node_threshold)
     from sparsecircuits.atomic import atomic_write_text
 
+    if args.dashboards is not None:
+        js["metadata"]["feature_dashboards"] = {str(L): href for L, href in
+                                                _dashboards(console, args.dashboards, tcs, args.out).items()}
     atomic_write_text(args.out, json.dumps(js))
     t = Table(title=f"attribution graph: {len(toks)} tokens, {seconds:.1f} s")
     t.add_column("")
@@ -133,9 +139,23 @@ def cmd_graph(args: argparse.Namespace, console: Console) -> int:
     console.print(f"-> {args.out}")
     if args.circuit:
         c = to_circuit(graph, pruned, sc, {"model": str(args.model), "prompt": args.prompt, "seconds": seconds})
+        if args.dashboards is not None:  # feature nodes sit at blocks.L.hook_mlp_out
+            c.metadata["dashboards"] = {f"blocks.{L}.hook_mlp_out": href for L, href in
+                                        _dashboards(None, args.dashboards, tcs, args.circuit).items()}
         c.save(args.circuit)
         console.print(f"-> {args.circuit} (open with `sparsecircuits view {args.circuit}`)")
     return 0
+
+
+def _dashboards(console: Console | None, folder: Path, tcs: dict, out: Path) -> dict[int, str]:
+    """{layer: dashboard href relative to the folder of `out`}; `href#f=<feature>` opens a feature."""
+    from sparsecircuits.viz.dashboard import dashboard_links
+
+    idents = [(str(L), {"hook": t.cfg.hook, "out_hook": t.cfg.out_hook, "width": t.cfg.width}) for L, t in tcs.items()]
+    links, missing = dashboard_links(folder, idents, Path(out).parent)
+    if missing and console is not None:
+        console.print(f"note: no single dashboard in {folder} for layers {', '.join(missing)}", style="yellow", markup=False)
+    return {int(L): href for L, href in links.items()}
 
 
 def cmd_paths(args: argparse.Namespace, console: Console) -> int:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from types import ModuleType
 
 from sparsecircuits import __version__
-from sparsecircuits.cli.common import run
+from sparsecircuits.cli.common import ArgumentParser, run
 
 
 @dataclass(frozen=True)
@@ -44,6 +44,8 @@ COMMANDS: dict[str, Command] = {
     "discover": Command("discover", "find a component circuit (heads, MLPs, edges) for a task"),
     "compare-circuits": Command("discover", "node/edge IoU of circuits; with --model, the cross-task faithfulness matrix"),
     "heads": Command("discover", "head roles on a task: attention by position type, OV successor/copy, logit lens"),
+    "check": Command("check", "verify a circuit's scores against exact patching: correlation, sign agreement, "
+                              "worst cases (stored in the circuit JSON)"),
     "sweep": Command("sweep", "train a grid of sparse and dense models, prune every task on each, plot validation "
                               "loss vs circuit size (Gao et al. frontier)"),
     "train-bridges": Command("bridges", "train bridges between a dense model and a weight-sparse model, jointly with "
@@ -71,8 +73,8 @@ def command_module(name: str) -> ModuleType:
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The parser; only `command`'s sub-parser gets its arguments (and only its module is imported),
     the others are a name and a line of help for the command list."""
-    parser = argparse.ArgumentParser(prog="sparsecircuits",
-                                     description="Find, verify and show interpretable circuits in language models.")
+    parser = ArgumentParser(prog="sparsecircuits",
+                            description="Find, verify and show interpretable circuits in language models.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, c in COMMANDS.items():

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from sparsecircuits.cli.common import ParserBuilder, add_config_flags, collect, command_parser
 from sparsecircuits.cli.console import StageBars, stage_progress
@@ -51,7 +52,7 @@ def _sites(model, paths: list[Path], probe_hook: str, console: Console):  # noqa
     limit = order.index(read_hook(model, probe_hook))
     late = [s.name for s in sites if order.index(s.name) >= limit]
     if late:
-        console.print(f"[yellow]left out dictionaries at or after the probe's hook:[/] {', '.join(late)}")
+        console.print(Text.assemble(("left out dictionaries at or after the probe's hook:", "yellow"), f" {', '.join(late)}"))
     sites = [s for s in sites if order.index(s.name) < limit]
     if not sites:
         raise ValueError(f"no dictionary runs before the probe's hook {probe_hook!r}")

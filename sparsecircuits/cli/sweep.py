@@ -12,8 +12,16 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from sparsecircuits.cli.common import ParserBuilder, add_config_flags, cache_dir, collect, command_parser
+from sparsecircuits.cli.common import (
+    ParserBuilder,
+    add_config_flags,
+    cache_dir,
+    check_tasks,
+    collect,
+    command_parser,
+)
 from sparsecircuits.data.config import DataConfig
 from sparsecircuits.weight_sparse.config import PruneConfig, SweepConfig
 
@@ -48,8 +56,8 @@ class SweepProgress:
 
     def __init__(self, console: Console, n_runs: int) -> None:
         self.console = console
-        self.progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
-                                 TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[stats]}"),
+        self.progress = Progress(TextColumn("{task.description}", style="bold", markup=False), BarColumn(),
+                                 TextColumn("{task.completed}/{task.total}"), TextColumn("{task.fields[stats]}", markup=False),
                                  TimeElapsedColumn(), console=console)
         self.models = self.progress.add_task("models", total=n_runs, stats="")
         self.train: dict[str, TaskID] = {}
@@ -98,9 +106,10 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.weight_sparse.sweep import expand_grid, run_sweep
 
     cfg = build_config(args)
+    check_tasks(cfg.tasks)
     runs = expand_grid(cfg)
-    console.print(f"[bold]Sweep[/] of {len(runs)} models ({', '.join(r.name for r in runs)}), "
-                  f"{cfg.steps} steps each, tasks {', '.join(cfg.tasks)} -> {args.out}")
+    console.print(Text.assemble(("Sweep", "bold"), f" of {len(runs)} models ({', '.join(r.name for r in runs)}), "
+                                f"{cfg.steps} steps each, tasks {', '.join(cfg.tasks)} -> {args.out}"))
     with SweepProgress(console, len(runs)) as prog:
         result = run_sweep(cfg, args.out, cache_dir(args), on_event=prog.on_event,
                            on_step=prog.on_step, on_run_done=prog.on_run_done)

@@ -45,8 +45,12 @@ def cmd_view(args: argparse.Namespace, console: Console) -> int:
         if args.model is not None:
             ctx = load_model_context(args.model, cache_dir(args), cfg.windows, event)
         write_circuit_page(circuit, out, ctx, cfg, args.task_file, on_event=event)
+    from sparsecircuits.viz.data import ENDPOINT_KINDS
+
     size = out.stat().st_size / 1e6
-    console.print(f"{len(circuit.nodes)} nodes, {len(circuit.edges)} edges -> {out} ({size:.1f} MB, "
+    n_end = sum(n.kind in ENDPOINT_KINDS for n in circuit.nodes)  # counted as the page counts them
+    ends = f" (+{n_end} embedding/logit endpoints)" if n_end else ""
+    console.print(f"{len(circuit.nodes) - n_end} nodes{ends}, {len(circuit.edges)} edges -> {out} ({size:.1f} MB, "
                   f"{time.perf_counter() - t0:.1f} s); open it in any browser, no server needed")
     if args.plot:
         from sparsecircuits.viz.plots import bisection_plot
