@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import types
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,6 @@ from sparsecircuits import api
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ROOT / "sparsecircuits" / "assets" / "quickstart"
-# A docs section may fail only with this message: the component graph refused the shipped models (AbsTopK
-# on the attention output) before issue 24 decomposed it over the heads. Delete once that change is in.
-KNOWN_LIMITATION = "models with post-norms or AbsTopK on the attention output are not supported"
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +36,7 @@ def cache(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def in_tmp(tmp_path, monkeypatch, cache) -> Path:
+def in_tmp(tmp_path, monkeypatch, cache) -> Iterator[Path]:
     """A fresh working directory, with the shared cache as the default one; torch on one thread.
 
     One thread because these small models prune several times faster on one (the quickstart runs its
@@ -54,7 +52,9 @@ def in_tmp(tmp_path, monkeypatch, cache) -> Path:
 
 
 def test_import_does_not_import_torch():
+    """Nor do `dir`, the version or the configs (they live in torch-free modules)."""
     code = ("import sys, sparsecircuits as sc; names = dir(sc); assert 'load_model' in names and sc.__version__; "
+            "assert sc.PruneConfig(steps=5).steps == 5 and sc.DiscoverConfig().ablation; "
             "assert 'torch' not in sys.modules, sorted(m for m in sys.modules if m.startswith('torch'))")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
 
@@ -151,36 +151,18 @@ def test_discover_and_evaluate_agree_on_a_component_circuit():
         assert ev.full.logit_diff == pytest.approx(sc.evaluate_circuit(model, data).full.logit_diff, abs=1e-5)
 
 
-def _python_blocks(markdown: str) -> list[tuple[str, str]]:
-    """(section heading, code) of every ```python block, in order."""
-    out, section = [], "intro"
-    for m in re.finditer(r"^## ([^\n]+)$|^```python\n(.*?)^```", markdown, flags=re.M | re.S):
-        if m.group(1):
-            section = m.group(1)
-        else:
-            out.append((section, m.group(2)))
-    return out
+def _python_blocks(markdown: str) -> list[str]:
+    """The code of every ```python block, in order."""
+    return re.findall(r"^```python\n(.*?)^```", markdown, flags=re.M | re.S)
 
 
 def test_docs_api_snippets_run(in_tmp):
-    """Every ```python block of docs/api.md, in order, in one namespace (sections may depend on the
-    intro, not on each other). A section stopped by KNOWN_LIMITATION makes the test an expected failure,
-    after every other section has run."""
+    """Every ```python block of docs/api.md, in order, in one namespace."""
     blocks = _python_blocks((ROOT / "docs" / "api.md").read_text())
     assert len(blocks) >= 7
     namespace: dict = {"__name__": "__docs__"}
-    blocked: list[str] = []
-    for n, (section, code) in enumerate(blocks):
-        if section in blocked:
-            continue
-        try:
-            exec(compile(code, f"docs/api.md block {n} ({section})", "exec"), namespace)
-        except ValueError as e:
-            if KNOWN_LIMITATION not in str(e):
-                raise
-            blocked.append(section)
-    if blocked:
-        pytest.xfail(f"docs/api.md sections {blocked}: {KNOWN_LIMITATION}")
+    for n, code in enumerate(blocks):
+        exec(compile(code, f"docs/api.md python block {n}", "exec"), namespace)
 
 
 def test_example_notebook_runs(in_tmp):
