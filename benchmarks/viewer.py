@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import platform
 import random
 import statistics
@@ -147,7 +148,7 @@ def main() -> None:
     med = statistics.median
     result = {
         "date": datetime.date.today().isoformat(), "machine": f"{platform.machine()} {platform.processor() or ''}".strip(),
-        "nodes": args.nodes, "edges": args.edges, "page_mb": len(html.encode()) / 1e6, "export_s": export_s,
+        "load_average": os.getloadavg(), "nodes": args.nodes, "edges": args.edges, "page_mb": len(html.encode()) / 1e6, "export_s": export_s,
         "loads": loads, "cards_s": cards, "clicks_s": clicks,
         "summary": {"load_wall_median_s": med(x["wall_s"] for x in loads), "load_wall_max_s": max(x["wall_s"] for x in loads),
                     "ready_median_s": med(x["ready_s"] for x in loads), "painted_median_s": med(x["painted_s"] for x in loads),
