@@ -44,7 +44,8 @@ def cmd_view(args: argparse.Namespace, console: Console) -> int:
         ctx = None
         if args.model is not None:
             ctx = load_model_context(args.model, cache_dir(args), cfg.windows, event)
-        write_circuit_page(circuit, out, ctx, cfg, args.task_file, on_event=event)
+        write_circuit_page(circuit, out, ctx, cfg, args.task_file, on_event=event,
+                           source_dir=Path(args.circuit).parent)
     from sparsecircuits.viz.data import ENDPOINT_KINDS
 
     size = out.stat().st_size / 1e6

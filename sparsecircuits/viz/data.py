@@ -18,7 +18,11 @@ Designed around the generic Node/Edge/Circuit (DESIGN.md), not one method:
   5. the bisection trace (k, loss, accuracy) with the target loss and the chosen k, when present;
   6. the reading guide (`reading_guide`): node kinds present, what a score and each edge kind mean,
      units, the ablation baseline and the target (reached or not) from the metadata;
-  7. `metadata["check"]` (score vs exact patching, from `sparsecircuits check`) when present.
+  7. `metadata["check"]` (score vs exact patching, from `sparsecircuits check`) when present;
+  8. `metadata["dashboards"]` (`{site: href}`, written by `feature-circuit --dashboards` and
+     `graph --dashboards`): a feature node's card links to `href#f=<index>`, its feature's dashboard.
+     Only relative hrefs are kept (`relative_href`): data can never make a page link off-line or run
+     a `javascript:` URL. `write_circuit_page` rebases them when the page is written elsewhere.
 Model-derived extras (top contexts, histograms, attention, task predictions) are merged in by
 `viz.activations` and `viz.task_panel`; links to the index and sibling pages by `viz.report`.
 """
@@ -26,6 +30,7 @@ Model-derived extras (top contexts, histograms, attention, task predictions) are
 from __future__ import annotations
 
 import math
+import re
 from typing import Any
 
 from sparsecircuits.graph import Circuit
@@ -226,6 +231,23 @@ def _count_text(counts: dict[str, int]) -> str:
     return f"{counts['nodes']}{end}"
 
 
+def relative_href(href: Any) -> bool:
+    """True for a string that is a relative link (no scheme such as `javascript:`, not `//host`, not
+    absolute); the page applies the same rule again before it sets any link from data."""
+    if not isinstance(href, str) or not href.strip():
+        return False
+    h = href.strip()
+    return not re.match(r"[a-zA-Z][a-zA-Z0-9+.-]*:", h) and not h.startswith(("/", "\\"))
+
+
+def dashboard_hrefs(md: dict[str, Any]) -> dict[str, str]:
+    """Step 8: `{site: href}` of the feature dashboards the metadata records, relative links only."""
+    links = md.get("dashboards")
+    if not isinstance(links, dict):
+        return {}
+    return {str(site): href for site, href in links.items() if relative_href(href)}
+
+
 def page_data(circuit: Circuit, title: str | None = None) -> dict[str, Any]:
     """Everything the page needs that comes from the circuit itself (steps 1-7)."""
     md = circuit.metadata
@@ -259,6 +281,7 @@ def page_data(circuit: Circuit, title: str | None = None) -> dict[str, Any]:
         "target": target_status(md),
         "check": check if isinstance(check, dict) else None,
         "links": [],
+        "dashboards": dashboard_hrefs(md),
         "columns": columns,
         "nodes": nodes,
         "edges": edges,

@@ -22,6 +22,7 @@ links to every page; a size chart as inline SVG (no matplotlib needed).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -175,11 +176,27 @@ def circuit_page_data(circuit: Circuit, ctx: ModelContext | None = None, cfg: Vi
     return data
 
 
+def rebase_hrefs(hrefs: dict[str, str], source_dir: Path, page_dir: Path) -> dict[str, str]:
+    """Relative links written for a file in `source_dir`, made relative to a page in `page_dir`."""
+    out = {}
+    for key, href in hrefs.items():
+        path, _, frag = href.partition("#")
+        target = os.path.normpath(os.path.join(os.path.abspath(source_dir), path))
+        rel = Path(os.path.relpath(target, os.path.abspath(page_dir))).as_posix()
+        out[key] = rel + ("#" + frag if frag else "")
+    return out
+
+
 def write_circuit_page(circuit: Circuit, path: Path, ctx: ModelContext | None = None, cfg: ViewConfig | None = None,
                        task_file: Path | None = None, title: str | None = None, on_event: Event = lambda m: None,
-                       links: list[tuple[str, str]] | None = None, guide_lines: list[str] | None = None) -> Path:
-    """Write one self-contained HTML page for a circuit (atomically); returns its path."""
-    html = render_circuit_page(circuit_page_data(circuit, ctx, cfg, task_file, title, on_event, links, guide_lines))
+                       links: list[tuple[str, str]] | None = None, guide_lines: list[str] | None = None,
+                       source_dir: Path | None = None) -> Path:
+    """Write one self-contained HTML page for a circuit (atomically); returns its path. `source_dir`:
+    the folder of the circuit's JSON, which its dashboard links are relative to (default: the page's)."""
+    data = circuit_page_data(circuit, ctx, cfg, task_file, title, on_event, links, guide_lines)
+    if source_dir is not None:
+        data["dashboards"] = rebase_hrefs(data["dashboards"], Path(source_dir), Path(path).parent)
+    html = render_circuit_page(data)
     atomic_write_text(Path(path), html)
     return Path(path)
 

@@ -21,18 +21,18 @@ from sparsecircuits.evaluate import MaskedTask
 from sparsecircuits.graph import Circuit, Node
 from sparsecircuits.model.transformer import Transformer
 from sparsecircuits.tasks.base import TaskData, last_logits
+from sparsecircuits.weight_sparse.check import circuit_node_sites
 
 
 def circuit_sites(circuit: Circuit, model: Transformer) -> list[NodeSite] | None:
-    """The circuit's mask sites from its metadata, or None when it has none or they do not fit the model."""
-    sites = circuit.metadata.get("sites")
-    if not isinstance(sites, list) or not sites:
+    """The circuit's mask sites from its metadata (`weight_sparse.check.circuit_node_sites`), or None when
+    it lists none or they do not fit the model (a page then shows no circuit predictions)."""
+    if not isinstance(circuit.metadata.get("sites"), list) or not circuit.metadata["sites"]:
         return None
     try:
-        out = [NodeSite(s["hook"], s["kind"], int(s["layer"]), tuple(s["shape"])) for s in sites]
-    except (KeyError, TypeError, ValueError):
+        return circuit_node_sites(circuit, model)
+    except ValueError:
         return None
-    return out if all(s.hook in model.hook_points for s in out) else None
 
 
 @torch.no_grad()

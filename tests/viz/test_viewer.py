@@ -356,6 +356,53 @@ def test_node_card_shows_contexts_of_both_signs_and_the_check(browser, tmp_path)
     assert page.log.errors == []
 
 
+def feature_circuit_with_dashboards(hrefs: dict[str, str]) -> Circuit:
+    """Two feature nodes and an error node at two sites, with dashboard links in the metadata."""
+    nodes = [Node("blocks.0.hook_resid_post", 3, "feature", 0), Node("blocks.0.hook_resid_post", -1, "error", 0),
+             Node("blocks.1.hook_mlp_out", 17, "feature", 1)]
+    edges = [Edge(nodes[0].id, nodes[2].id, 0.5, "attribution"), Edge(nodes[1].id, nodes[2].id, -0.2, "attribution")]
+    return Circuit(nodes, edges, {n.id: 1.0 for n in nodes}, {"task": "toy", "method": "feature-circuit",
+                                                                "dashboards": hrefs})
+
+
+def test_dashboard_links_keep_only_relative_hrefs_and_rebase():
+    from sparsecircuits.viz.report import rebase_hrefs
+
+    c = feature_circuit_with_dashboards({"blocks.0.hook_resid_post": "dash/L0.html", "blocks.1.hook_mlp_out":
+                                         "javascript:alert(1)", "x": "//evil.example/a.html", "y": "/etc/passwd",
+                                         "z": "https://example.com/d.html", "w": 3})
+    assert page_data(c)["dashboards"] == {"blocks.0.hook_resid_post": "dash/L0.html"}
+    # a page written in another folder than the circuit JSON still reaches the same file
+    out = rebase_hrefs({"s": "dash/L0.html#f=2"}, Path("/r/circuits"), Path("/r/pages/sparse"))
+    assert out == {"s": "../../circuits/dash/L0.html#f=2"}
+    assert rebase_hrefs({"s": "../d.html"}, Path("/r/a"), Path("/r/a")) == {"s": "../d.html"}
+
+
+def test_feature_card_links_to_its_dashboard(browser, tmp_path):
+    c = feature_circuit_with_dashboards({"blocks.0.hook_resid_post": "dash/L0.html",
+                                         "blocks.1.hook_mlp_out": "javascript:window.__pwned=1"})
+    (tmp_path / "dash").mkdir()
+    c.save(tmp_path / "c.json")
+    from sparsecircuits.cli.main import main
+
+    pages = tmp_path / "pages"
+    pages.mkdir()
+    assert main(["view", str(tmp_path / "c.json"), "--out", str(pages / "c.html")]) == 0
+    page = browser.new_page()
+    page.goto((pages / "c.html").as_uri())
+    page.wait_for("document.body.dataset.ready === '1'")
+    links = "[...document.querySelectorAll('#card-links a')].map(a => a.getAttribute('href'))"
+    page.evaluate("viewer.select(0)")  # feature 3 at a site with a dashboard: rebased to the page's folder
+    assert page.evaluate(links) == ["../dash/L0.html#f=3"]
+    assert page.evaluate("document.getElementById('card-links').hidden") is False
+    page.evaluate("viewer.select(1)")  # the error node has no feature to open
+    assert page.evaluate(links) == [] and page.evaluate("document.getElementById('card-links').hidden") is True
+    page.evaluate("viewer.select(2)")  # a javascript: href from data never becomes a link
+    assert page.evaluate(links) == []
+    assert page.evaluate("typeof window.__pwned") == "undefined"
+    assert page.log.errors == [] and page.log.requests == [] and page.log.dialogs == []
+
+
 def test_hostile_strings_render_as_text(browser, tmp_path):
     evil = HOSTILE[0]
     nodes = [Node(evil, 0, "neuron", 0), Node("blocks.0.mlp.hook_post" + HOSTILE[3], 1, "neuron", 0),

@@ -6,6 +6,7 @@
 // long columns wrapped into sub-columns; positions are computed for the graph box's size, so the
 // graph fills the view at zoom 1 (on load and on every resize). Nodes are SVG circles (clickable,
 // countable); edges are drawn on a canvas (20,000+ stay fast), the strongest first up to a limit.
+// A feature node's card links to its dashboard (DATA.dashboards[site] + '#f=' + index) when one is known.
 (function () {
   'use strict';
   const t0 = performance.now();
@@ -17,6 +18,7 @@
   const edgeKinds = DATA.edge_kinds || [];
   const vocab = DATA.vocab || {};
   const guide = DATA.guide || {};
+  const dashboards = DATA.dashboards || {};  // site -> relative href of the feature dashboard
   const N = nodes.length, M = E.src.length;
   const $ = (id) => document.getElementById(id);
   const SCORE = DATA.score_label || 'score';
@@ -518,6 +520,17 @@
     $('card-kind').textContent = n.kind + ((guide.kinds && guide.kinds[n.kind]) ? ': ' + guide.kinds[n.kind] : '') +
       (n.endpoint ? ' \u2014 an endpoint: drawn to show where the circuit reads or writes, not counted in its size' : '');
     factRows($('card-facts'), nodeFacts(i));
+    const dash = clear($('card-links'));
+    const href = dashboards[n.site];
+    dash.hidden = true;
+    if (relativeHref(href) && Number.isInteger(n.index) && n.index >= 0 && n.kind !== 'error') {
+      const a = el('a', 'feature ' + n.index + ' on its dashboard \u2197');
+      a.setAttribute('href', href + '#f=' + n.index);
+      a.setAttribute('target', '_blank');
+      a.setAttribute('rel', 'noopener');
+      dash.appendChild(a);
+      dash.hidden = false;
+    }
     $('card-note').textContent = typeof n.score === 'number' || typeof n.effect === 'number' ? (guide.score || '') : '';
     const hist = clear($('card-hist'));
     if (n.hist) {
