@@ -39,10 +39,16 @@ from sparsecircuits.graph import Circuit
 from sparsecircuits.model.config import ModelConfig
 from sparsecircuits.model.transformer import Transformer
 from sparsecircuits.tasks.base import TaskData
+from sparsecircuits.threads import apply_default_unless_set
 from sparsecircuits.transcoder_circuits.attribution_graph import AttributionConfig
 from sparsecircuits.viz.config import ViewConfig
 from sparsecircuits.weight_sparse.config import PruneConfig, TrainConfig
 from sparsecircuits.weight_sparse.run import RunResult, StepReport
+
+# --- torch threads (issue 25): one thread, as on the command line, unless the user chose
+# (SPARSECIRCUITS_THREADS, OMP_NUM_THREADS / MKL_NUM_THREADS, or torch.set_num_threads before this import)
+apply_default_unless_set()
+# --- end torch threads
 
 
 @dataclass

@@ -29,7 +29,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "sparsecircuits"
 # Bottom to top. A unit is a top-level module or sub-package of sparsecircuits; "__init__" is the
 # package root. Mirrors docs/architecture.md: change both together.
 LAYERS: list[tuple[str, set[str]]] = [
-    ("utilities", {"atomic", "config_utils", "distributed", "lazy"}),
+    ("utilities", {"atomic", "config_utils", "distributed", "lazy", "threads"}),
     ("model/data/tasks", {"model", "data", "tasks"}),
     ("core", {"graph", "ablation", "ablation_names", "evaluate", "check"}),
     ("methods", {"dictionaries", "weight_sparse", "component_circuits", "feature_circuits", "transcoder_circuits"}),

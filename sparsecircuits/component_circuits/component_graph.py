@@ -22,7 +22,9 @@ one masked forward (`edge_mask_hooks`):
 Masks of ones reproduce the clean run exactly; masking every edge out of a writer replaces its
 output by the baseline everywhere (node ablation); masking every edge into a reader replaces its
 input by the baseline's. A mask may have a leading dim c: the batch is then c copies of the
-examples, copy i under mask i (many single-edge ablations in one forward).
+examples, copy i under mask i (many single-edge ablations in one forward). This dense masked
+forward is the definition; `resume.py` (masks resumed from a cached run) and `eap.py` (gradients)
+compute the same values with less work, and the tests hold them to it.
 
 Nonlinear writers (docs/architecture.md "Nonlinear writers"). With a post-norm `ln1_post` (Gemma 2)
 and/or AbsTopK on the attention output (Gao et al.; both shipped quickstart models) the heads' outputs
@@ -182,10 +184,11 @@ class _Run:
         return torch.cat(self.outs, dim=2)
 
 
-def _head_hooks(model: Transformer, layer: int, run: _Run) -> list[tuple[str, HookFn]]:
-    """Hooks recording one layer's head outputs: o_h at `attn.hook_z`; for nonlinear writers o_h is
-    kept there and its share appended at `hook_attn_out`, with the scale and selection of this run
-    (execution order: `attn.hook_z`, `ln1_post.hook_scale`, `hook_attn_out_keep`, `hook_attn_out`)."""
+def head_hooks(model: Transformer, layer: int, emit: Callable[[Tensor], None]) -> list[tuple[str, HookFn]]:
+    """Hooks recording one layer's head outputs ([batch, pos, head, d_model], passed to `emit`): o_h at
+    `attn.hook_z`; for nonlinear writers o_h is kept there and its share emitted at `hook_attn_out`,
+    with the scale and selection of this run (execution order: `attn.hook_z`, `ln1_post.hook_scale`,
+    `hook_attn_out_keep`, `hook_attn_out`)."""
     cfg, block, p = model.cfg, model.blocks[layer], f"blocks.{layer}"
     W_O = block.attn.W_O  # [d_model, H * d_head]
     nonlinear = nonlinear_heads(model)
@@ -196,7 +199,7 @@ def _head_hooks(model: Transformer, layer: int, run: _Run) -> list[tuple[str, Ho
         if nonlinear:
             state["raw"] = o
         else:
-            run.outs.append(o)
+            emit(o)
 
     hooks: list[tuple[str, HookFn]] = [(f"{p}.attn.hook_z", raw)]
     if not nonlinear:
@@ -210,8 +213,7 @@ def _head_hooks(model: Transformer, layer: int, run: _Run) -> list[tuple[str, Ho
 
     def share(x: Tensor, hook: HookPoint) -> None:
         gain = block.ln1_post.w if cfg.post_norms else None
-        run.outs.append(head_shares(state.pop("raw"), state.pop("scale", None), state.pop("keep", None), gain,
-                                    cfg.norm == "layer"))
+        emit(head_shares(state.pop("raw"), state.pop("scale", None), state.pop("keep", None), gain, cfg.norm == "layer"))
 
     if cfg.post_norms:
         hooks.append((f"{p}.ln1_post.hook_scale", keeper("scale")))
@@ -224,7 +226,7 @@ def _recording_hooks(model: Transformer, run: _Run) -> list[tuple[str, HookFn]]:
     cfg = model.cfg
 
     def embed(x: Tensor, hook: HookPoint) -> None:
-        run.outs = [x.unsqueeze(2)]
+        run.outs[:] = [x.unsqueeze(2)]  # in place: the head hooks hold `run.outs.append`
 
     def pos(x: Tensor, hook: HookPoint) -> None:  # [pos, d_model] ([batch, pos, d_model] with a padding mask)
         run.outs[0] = run.outs[0] + x.unsqueeze(-2)
@@ -236,16 +238,17 @@ def _recording_hooks(model: Transformer, run: _Run) -> list[tuple[str, HookFn]]:
     if cfg.positions == "learned":
         hooks.append(("hook_pos_embed", pos))
     for layer in range(cfg.n_layers):
-        hooks += _head_hooks(model, layer, run) + [(f"blocks.{layer}.hook_mlp_out", mlp)]
+        hooks += head_hooks(model, layer, run.outs.append) + [(f"blocks.{layer}.hook_mlp_out", mlp)]
     return hooks
 
 
 def writer_outputs(model: Transformer, tokens: Int[Tensor, "batch pos"]) -> Float[Tensor, "batch pos W d_model"]:
     """Every writer's output on `tokens` (the full model, no masks; heads: their shares under this
-    run's state, module docstring)."""
+    run's state, module docstring). The logits are left out (`at` one position, unembedded there only)."""
     run = _Run()
+    at = torch.full((tokens.shape[0],), tokens.shape[1] - 1, device=tokens.device)
     with torch.no_grad(), model.hooks(_recording_hooks(model, run)):
-        model(tokens)
+        model(tokens, at=at)
     return run.stacked()
 
 
@@ -340,5 +343,5 @@ def edges_into_nodes(graph: ComponentGraph, keep: Bool[Tensor, " W"]) -> Bool[Te
 
 
 __all__ = ["ComponentGraph", "READER_KINDS", "build_graph", "edge_mask_hooks", "edges_into_nodes",
-           "frozen_state_hooks", "head_shares", "node_mask", "nonlinear_heads", "ones_mask", "run_masked",
+           "frozen_state_hooks", "head_hooks", "head_shares", "node_mask", "nonlinear_heads", "ones_mask", "run_masked",
            "writer_outputs"]

@@ -35,7 +35,7 @@ class DiscoverConfig:
     path_threshold: float = opt(0.02, "path patching: keep senders / edges with effect >= this x |full logit diff|")
     node_threshold: float = opt(0.01, "exact node patching: keep writers with effect >= this x |full logit diff|")
     keep_fraction: float = opt(0.8, "iterative pruning: share of the full logit difference the circuit must keep")
-    batch_masks: int = opt(0, "mask sets per batched forward; 0 = 1 on CPU (batching is 1.6-3.4x slower per mask set there, docs/results.md), 16 on a GPU")
+    batch_masks: int = opt(0, "mask sets per batched forward; 0 = 1 on CPU (each mask then resumes from the clean run at its first masked layer; batching is 1.6-3.4x slower per mask set there, docs/results.md), 16 on a GPU")
     seed: int = opt(0, "seed of the resample ablation")
 
     def __post_init__(self) -> None:

@@ -35,18 +35,32 @@ from sparsecircuits.component_circuits.prepare import (
     metric,
     single_edge_masks,
 )
+from sparsecircuits.component_circuits.resume import masked_run
 
 
 def exact_edges(task: ComponentTask, base_mask: Tensor | None = None, edges: Tensor | None = None) -> Tensor:
     """[W, R] effects of removing each edge alone from `base_mask` (default all on), for `edges`
-    ([k, 2] writer/reader pairs; default every valid edge). Other entries are 0."""
+    ([k, 2] writer/reader pairs; default every valid edge). Other entries are 0. One forward per
+    edge, resumed at the edge's reader from the run of `base_mask` (`resume.py`), or `batch_masks`
+    edges per dense forward."""
     g = task.graph
     edges = torch.nonzero(g.valid) if edges is None else edges
-    ref = task.full if base_mask is None else float(metric(task, base_mask))
     out = torch.zeros(g.valid.shape)
-    if len(edges):
-        vals = metric(task, single_edge_masks(g, edges, base_mask))
-        out[edges[:, 0], edges[:, 1]] = ref - vals
+    if not len(edges):
+        return out
+    if task.batch_masks == 1 and task.ref is not None:
+        mask = torch.ones(g.valid.shape) if base_mask is None else base_mask.detach().float().cpu().clone()
+        ref = task.ref if base_mask is None else masked_run(task.model, g, task.data, task.base, mask, task.ref, keep=True)[1]
+        assert ref is not None
+        for w, r in edges.tolist():
+            was, mask[w, r] = float(mask[w, r]), 0.0
+            out[w, r] = ref.value - masked_run(task.model, g, task.data, task.base, mask, ref)[0]
+            mask[w, r] = was
+        return out
+    ref_value = task.full if base_mask is None else float(metric(task, base_mask))
+    for i in range(0, len(edges), task.batch_masks):  # masks built per chunk: [k, W, R] at once is GBs
+        chunk = edges[i: i + task.batch_masks]
+        out[chunk[:, 0], chunk[:, 1]] = ref_value - metric(task, single_edge_masks(g, chunk, base_mask))
     return out
 
 
@@ -130,16 +144,21 @@ def acdc(task: ComponentTask, threshold: float = 0.05) -> ComponentScores:
     mask = g.valid.float().clone()
     current = task.full
     edges = torch.zeros(g.valid.shape)
+    resume = task.batch_masks == 1 and task.ref is not None  # each candidate resumes from the current circuit's run
+    run = masked_run(task.model, g, task.data, task.base, mask, task.ref, keep=True)[1] if resume else None
     for r in _reverse_readers(task):
         if not _reader_live(task, r, mask):
             mask[:, r] = 0.0
             continue
         for u in reversed(torch.nonzero(g.valid[:, r]).flatten().tolist()):
             mask[u, r] = 0.0
-            new = float(metric(task, mask))
+            if run is not None:
+                new, candidate = masked_run(task.model, g, task.data, task.base, mask, run, keep=True)
+            else:
+                new, candidate = float(metric(task, mask)), None
             edges[u, r] = current - new
             if abs(current - new) < threshold:
-                current = new
+                current, run = new, candidate
             else:
                 mask[u, r] = 1.0
     selected = mask.bool() & g.valid

@@ -8,7 +8,9 @@ Nodes are the scalar channels of the eight sites per layer (`ablation.prune_site
      sigmoid derivative sigma'(tau / T) / T, a straight-through estimator); pruned nodes take their
      baseline (mean over pretraining data by default, zero, or the counterfactual activation);
      loss = task BCE + k_coef * (number of active nodes); AdamW with gradient clipping and linear lr
-     decay; tau clamped to [-1, 1];
+     decay; tau clamped to [-1, 1]. The batch is drawn with replacement, and an example drawn twice
+     is run once, its logit difference counted twice (the same loss and gradient, up to the order
+     of float sums; about a fifth less work at batch 64 of 128 training examples);
   3. discretise: order nodes by tau (averaged over the second half of training, ties -- e.g. nodes
      pinned at the +1 clamp -- broken by accumulated task-loss gradient), and bisect on k for the smallest circuit of the top-k nodes
      whose task loss on held-out examples is <= target_loss (default 0.15 nats; for a model whose own
@@ -90,7 +92,9 @@ def train_gates(task: MaskedTask, cfg: PruneConfig, on_step: Any = None) -> Gate
     for step in range(cfg.steps):
         pick = torch.randint(len(task.data), (min(cfg.batch_size, len(task.data)),), generator=g)
         gate = _HeavisideSTE.apply(tau, cfg.temperature)
-        diff = task.diff(_masks_from_flat(gate, task.sites), pick)
+        # Drawn with replacement, about a fifth of a batch repeats an example: run each once.
+        once, copies = torch.unique(pick, return_inverse=True)
+        diff = task.diff(_masks_from_flat(gate, task.sites), once)[copies]
         loss = task_loss(diff) + cfg.k_coef * gate.sum()
         opt_.zero_grad()
         loss.backward()

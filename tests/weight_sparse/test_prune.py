@@ -152,11 +152,12 @@ def test_target_above_the_full_models_loss_is_relaxed_to_full_plus_slack(setup):
     assert md["n_nodes"] < 40  # still a small circuit, not the whole model
 
 
-def _ragged_task(baseline: str, n: int = 40, width: int = 12) -> tuple[Transformer, MaskedTask, torch.Generator]:
-    """A random 2-layer model with AbsTopK and a task whose prompts have 3 to `width` tokens."""
+def _ragged_task(baseline: str, n: int = 40, width: int = 12, **model: object) -> tuple[Transformer, MaskedTask, torch.Generator]:
+    """A random 2-layer model with AbsTopK (`model`: config overrides) and a task whose prompts have 3
+    to `width` tokens."""
     torch.manual_seed(0)
-    model = Transformer(ModelConfig(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32, d_vocab=20, n_ctx=16,
-                                    act_sparsity=0.5))
+    model = Transformer(ModelConfig(**{**dict(d_model=16, n_layers=2, n_heads=2, d_head=8, d_mlp=32, d_vocab=20,
+                                              n_ctx=16, act_sparsity=0.5), **model}))
     g = torch.Generator().manual_seed(2)
     lengths = torch.randint(3, width + 1, (n,), generator=g)
     pad = torch.arange(width) >= lengths.unsqueeze(1)
@@ -235,3 +236,101 @@ def test_bisection_reuses_known_evaluations_and_returns_the_circuits_own(setup):
     flat = torch.zeros(n)
     flat[order[: reused.k]] = 1.0
     assert reused.evaluation.loss == evaluate(_masks_from_flat(flat, sites)).loss
+
+
+# ---------------------------------------------------------------------------------------------
+# The fast path (issue 25) against straightforward references: AbsTopK's selection by threshold
+# against `topk` + scatter, and gate training that runs a repeated example once against the loop
+# that runs every drawn example.
+
+
+def _reference_abs_topk_mask(x: torch.Tensor, frac: float) -> torch.Tensor | None:
+    """AbsTopK's selection the plain way: `topk` of |x| (on the same-order integers) and a scatter."""
+    from sparsecircuits.model import sparsity
+
+    k = sparsity.topk_count(x.shape[-1], frac)
+    if k >= x.shape[-1]:
+        return None
+    mag = x.detach().abs()
+    mag = mag.view(sparsity._SAME_ORDER_INT[mag.dtype]) if mag.dtype in sparsity._SAME_ORDER_INT else mag
+    return torch.zeros_like(x).scatter_(-1, mag.topk(k, dim=-1, sorted=False).indices, 1.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("d, frac", [(7, 0.5), (40, 0.25), (128, 0.25), (512, 0.25), (64, 1 / 64)])
+def test_abs_topk_selection_equals_topk_also_on_ties(dtype, d, frac):
+    from sparsecircuits.model.sparsity import abs_topk_mask
+
+    g = torch.Generator().manual_seed(d)
+    x = torch.randn(3, 20, d, generator=g).to(dtype)
+    x[0, :4] = 0.0  # all tied
+    x[1, :4, : d // 2] = -1.5  # half the row tied in magnitude, across the threshold
+    x[1, 4:8, :3] = 7.0  # ties above the threshold only
+    x[2, 0, 0] = float("nan")
+    got, want = abs_topk_mask(x, frac), _reference_abs_topk_mask(x, frac)
+    assert got.dtype == x.dtype and torch.equal(got, want)
+    with torch.inference_mode():
+        assert torch.equal(abs_topk_mask(x, frac), want)
+    assert torch.equal(abs_topk_mask(x.transpose(0, 1), frac), want.transpose(0, 1))  # not contiguous
+
+
+def _reference_train_gates(task, cfg, on_step=None):
+    """Steps 1-2 of the module docstring, the straightforward loop: every drawn example is run."""
+    from sparsecircuits.tasks.base import task_loss
+    from sparsecircuits.weight_sparse.prune import Gates, _HeavisideSTE
+
+    g = torch.Generator().manual_seed(cfg.seed)
+    n_nodes = sum(s.size for s in task.sites)
+    tau = (cfg.init_mean + cfg.init_std * torch.randn(n_nodes, generator=g)).requires_grad_(True)
+    opt_ = torch.optim.AdamW([tau], lr=cfg.lr, betas=(0.9, cfg.beta2), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt_, lambda s: max(0.0, 1 - s / cfg.steps))
+    tau_sum, importance, n_avg = torch.zeros(n_nodes), torch.zeros(n_nodes), 0
+    for step in range(cfg.steps):
+        pick = torch.randint(len(task.data), (min(cfg.batch_size, len(task.data)),), generator=g)
+        gate = _HeavisideSTE.apply(tau, cfg.temperature)
+        loss = task_loss(task.diff(_masks_from_flat(gate, task.sites), pick)) + cfg.k_coef * gate.sum()
+        opt_.zero_grad()
+        loss.backward()
+        with torch.no_grad():
+            sig = torch.sigmoid(tau / cfg.temperature)
+            importance -= tau.grad - cfg.k_coef * sig * (1 - sig) / cfg.temperature
+        torch.nn.utils.clip_grad_norm_([tau], cfg.grad_clip)
+        opt_.step()
+        sched.step()
+        with torch.no_grad():
+            tau.clamp_(-1.0, 1.0)
+            if step >= cfg.steps // 2:
+                tau_sum += tau
+                n_avg += 1
+    return Gates(tau.detach(), tau_sum / max(1, n_avg), importance)
+
+
+@pytest.mark.parametrize("baseline", ["mean", "zero", "counterfactual"])
+def test_fast_pruning_gives_the_reference_circuit(baseline, monkeypatch):
+    """A random 2-layer model with AbsTopK at every site, answers = its own top two logits, batches
+    that repeat examples: the optimized prune equals the straightforward one (same nodes, edges,
+    scores; gates equal up to float summation order)."""
+    import sparsecircuits.model.transformer as transformer_module
+    import sparsecircuits.weight_sparse.prune as prune_module
+
+    # no bigram table and large weights: the answers need much of the model
+    model, task, _ = _ragged_task(baseline, n=48, bigram_table=False, init_std=0.5)
+    data = task.data
+    with torch.no_grad():
+        top2 = model(data.tokens, at=data.lengths - 1)[:, 0].topk(2, dim=-1).indices
+    data.correct, data.incorrect = top2[:, 0].contiguous(), top2[:, 1].contiguous()
+    cfg = PruneConfig(steps=60, batch_size=20, lr=0.02, target_loss=1e-6, target_slack=0.1, baseline=baseline,
+                      max_effect_nodes=4096)
+    fast = prune_task(model, data, cfg, means=task.base if baseline == "mean" else None)
+    monkeypatch.setattr(transformer_module, "abs_topk_mask", _reference_abs_topk_mask)
+    monkeypatch.setattr(prune_module, "train_gates", _reference_train_gates)
+    slow = prune_task(model, data, cfg, means=task.base if baseline == "mean" else None)
+    n_all = sum(s.size for s in task.sites)
+    assert 0 < fast.circuit.metadata["n_nodes"] < n_all  # a real circuit, not everything or nothing
+    assert [n.id for n in fast.circuit.nodes] == [n.id for n in slow.circuit.nodes]
+    assert [str(e) for e in fast.circuit.edges] == [str(e) for e in slow.circuit.edges]
+    assert fast.circuit.scores.keys() == slow.circuit.scores.keys()
+    for node_id, value in fast.circuit.scores.items():
+        assert value == pytest.approx(slow.circuit.scores[node_id], abs=1e-5)
+    torch.testing.assert_close(fast.gates.tau, slow.gates.tau, atol=1e-5, rtol=0)
+    assert torch.equal(fast.gates.order(), slow.gates.order())
