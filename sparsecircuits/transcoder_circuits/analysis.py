@@ -1,13 +1,13 @@
 """Dunefsky et al. (2024), "Transcoders find interpretable LLM feature circuits": weight-based and
 path-based analyses of transcoder features. Norms are treated as constants (their frozen scales);
 the path search also holds AbsTopK selections (activation sparsity) fixed, as `replacement.py` does,
-and reads attention outputs through post-norms. The weight-based analyses ignore both.
+and reads attention outputs through post-norms.
 
-* `input_invariant`: the input-independent part of feature i → feature i′ attribution, d_i · e_i′
-  (decoder row of an earlier transcoder · encoder column of a later one), top-k over i′.
-* `ov_connections`: the same through one attention head's OV circuit, d_i W_V,hᵀ W_O,hᵀ · e_i′,
-  top-k over (head, i′) (the pattern, i.e. QK, is not explained).
-* `de_embed`: W_E · e_i, the vocabulary tokens that most directly activate an early feature.
+* `input_invariant`: the plain input-independent part of feature i → feature i′ attribution,
+  d_i · e_i′ (decoder row of an earlier transcoder · encoder column of a later one; no norm, no
+  AbsTopK), top-k over i′; the feature dashboards rank by it. `connections.py` has the same with
+  the norms' linear parts between them, ranked over upstream features, through attention heads'
+  OV circuits too, and the de-embeddings.
 * `greedy_paths`: from a root (a feature's encoder column at its input, or an unembedding
   difference at ln_final), repeatedly split the root's value into its direct contributors in the
   frozen model — active lower-layer features z_j (d_j · v), (head, source position) pairs
@@ -25,10 +25,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
-from jaxtyping import Float
 from torch import Tensor
 
 from sparsecircuits.dictionaries.base import Dictionary
@@ -43,40 +42,9 @@ class TopK(NamedTuple):
     indices: Tensor  # [k] feature or token ids
 
 
-class HeadTopK(NamedTuple):
-    values: Tensor  # [k]
-    heads: Tensor  # [k]
-    indices: Tensor  # [k] downstream feature ids
-
-
 def input_invariant(upstream: Dictionary, downstream: Dictionary, feature: int, k: int = 10) -> TopK:
     """Top-k downstream features by d_feature · e_i′ (module docstring)."""
     scores = upstream.W_dec[feature] @ downstream.W_enc
-    return TopK(*scores.topk(min(k, scores.numel())))
-
-
-def _ov(model: Transformer, layer: int) -> Float[Tensor, "head d_model d_model"]:
-    """Per-head OV maps x -> x W_V,hᵀ W_O,hᵀ (row-vector convention)."""
-    cfg, attn = model.cfg, model.blocks[layer].attn
-    W_V = attn.W_V.view(cfg.kv_heads, cfg.d_head, cfg.d_model)
-    W_V = W_V.repeat_interleave(cfg.n_heads // cfg.kv_heads, dim=0)  # head h uses kv head h // group
-    W_O = attn.W_O.view(cfg.d_model, cfg.n_heads, cfg.d_head).permute(1, 2, 0)  # [head, d_head, d_model]
-    return W_V.transpose(1, 2) @ W_O
-
-
-def ov_connections(model: Transformer, upstream: Dictionary, feature: int, layer: int, downstream: Dictionary,
-                   k: int = 10) -> HeadTopK:
-    """Top-k (head of `layer`, downstream feature) pairs by d_feature W_OV,h · e_i′."""
-    with torch.no_grad():
-        scores = (upstream.W_dec[feature] @ _ov(model, layer)) @ downstream.W_enc  # [head, width]
-    vals, flat = scores.flatten().topk(min(k, scores.numel()))
-    return HeadTopK(vals, flat // scores.shape[1], flat % scores.shape[1])
-
-
-def de_embed(model: Transformer, transcoder: Dictionary, feature: int, k: int = 10) -> TopK:
-    """Top-k vocabulary tokens by W_E · e_feature."""
-    with torch.no_grad():
-        scores = model.W_E @ transcoder.W_enc[:, feature]
     return TopK(*scores.topk(min(k, scores.numel())))
 
 
@@ -154,6 +122,19 @@ class PathSearchResult:
     paths: list[Path]
     n_layers: int = 0
     root: Root | None = field(default=None, repr=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """{root, paths}: the paths, largest |attribution| first, each a list of nodes from the root's
+        direct contributor down to the path's end, {kind, layer, pos, index, value} (index: feature,
+        head or token id; value: the node's contribution to the node before it)."""
+        r = self.root
+        root = {"label": r.label if r else "", "layer": r.layer if r else None, "pos": r.pos if r else None,
+                "value": self.root_value}
+        paths = [{"attribution": p.attribution,
+                  "nodes": [{"kind": n.kind, "layer": n.layer, "pos": n.pos, "index": n.index, "value": n.value}
+                            for n in (self.nodes[i] for i in p.nodes[1:])]}
+                 for p in sorted(self.paths, key=lambda p: -abs(p.attribution))]
+        return {"root": root, "paths": paths}
 
     def to_circuit(self) -> Circuit:
         """Merged into our `Circuit`: tree nodes with the same identity become one node, weights of

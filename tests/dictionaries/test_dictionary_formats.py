@@ -1,13 +1,11 @@
 """Dictionary files: our SAELens-layout round trip, SAELens / circuit-tracer / Gemma Scope loaders,
 the explicit pickle conversion, and clear errors for bad files. Files of other tools are written
-here in their published layouts."""
+here in their published layouts (more layouts: test_layouts.py; SAELens itself: test_peers.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
 import sys
 import types
 from pathlib import Path
@@ -29,8 +27,6 @@ from sparsecircuits.dictionaries import (
 )
 from sparsecircuits.dictionaries.formats import parse_simple_yaml
 from sparsecircuits.model.checkpoint import CheckpointError
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 def _random(cfg: DictConfig) -> torch.nn.Module:
@@ -238,51 +234,3 @@ def test_bad_files_give_clear_errors(tmp_path):
         load_dictionary(tmp_path / "shape")
     with pytest.raises(CheckpointError, match="no config.yaml"):
         load_transcoder_set(tmp_path)
-
-
-def _saelens_python() -> list[str] | None:
-    try:
-        import sae_lens  # noqa: F401
-
-        return [sys.executable]
-    except ImportError:
-        ref = ROOT / ".venv-ref" / "bin" / "python"
-        return [str(ref)] if ref.exists() else None
-
-
-PARITY = """
-import sys, torch
-from safetensors.torch import load_file, save_file
-from sae_lens import SAE
-data = load_file(sys.argv[2])
-out = {}
-for name in sys.argv[3:]:
-    sae = SAE.load_from_disk(sys.argv[1] + "/" + name, device="cpu")
-    acts = sae.encode(data["x"])
-    out[name + ".acts"] = acts
-    out[name + ".recon"] = sae.decode(acts)
-save_file(out, sys.argv[2] + ".out")
-"""
-
-
-@pytest.mark.slow
-def test_saelens_loads_ours_with_identical_outputs(tmp_path):
-    """Parity with SAELens itself: in this environment if it has `sae_lens`, else in `.venv-ref`
-    (`python -m venv .venv-ref && .venv-ref/bin/pip install -c constraints.txt sae-lens`)."""
-    python = _saelens_python()
-    if python is None:
-        pytest.skip("sae_lens is not installed here and there is no .venv-ref with it")
-    names = []
-    for cfg in CASES[:4]:  # relu, topk, batchtopk (as jumprelu), jumprelu SAEs
-        save_dictionary(_random(cfg), tmp_path / cfg.name)
-        names.append(cfg.name)
-    x = torch.randn(11, 16)
-    save_file({"x": x}, str(tmp_path / "x.safetensors"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    subprocess.run([*python, "-c", PARITY, str(tmp_path), str(tmp_path / "x.safetensors"), *names],
-                   check=True, env=env, timeout=600, capture_output=True)
-    out = load_file(str(tmp_path / "x.safetensors.out"))
-    for name in names:
-        d = load_dictionary(tmp_path / name)
-        torch.testing.assert_close(out[name + ".acts"], d.encode(x), rtol=1e-6, atol=1e-6)
-        torch.testing.assert_close(out[name + ".recon"], d(x).recon, rtol=1e-6, atol=1e-6)

@@ -229,22 +229,13 @@ def test_bad_inputs():
 
 # --- Dunefsky et al.'s analyses --------------------------------------------------------------------
 
-def test_input_invariant_and_de_embedding_match_direct_computation():
-    model, tcs, _ = setup("rms-gqa-sink-skip")
+def test_input_invariant_matches_direct_computation():
+    """d_i · e_i′ (no norm: the dashboards' ranking); the analyses with norms, through heads and the
+    de-embeddings are checked against interventions in test_connections.py."""
+    _, tcs, _ = setup("rms-gqa-sink-skip")
     top = ta.input_invariant(tcs[0], tcs[2], feature=3, k=5)
     direct = torch.stack([tcs[0].W_dec[3] @ tcs[2].W_enc[:, j] for j in range(tcs[2].cfg.width)]).detach()
     assert torch.allclose(top.values, direct.topk(5).values) and torch.equal(top.indices, direct.topk(5).indices)
-    de = ta.de_embed(model, tcs[0], feature=4, k=7)
-    direct = torch.stack([model.W_E[v] @ tcs[0].W_enc[:, 4] for v in range(97)])
-    assert torch.allclose(de.values, direct.topk(7).values) and torch.equal(de.indices, direct.topk(7).indices)
-    ov = ta.ov_connections(model, tcs[0], feature=1, layer=1, downstream=tcs[2], k=4)
-    a = model.blocks[1].attn
-    h, j = int(ov.heads[0]), int(ov.indices[0])
-    kv = h // 2  # n_heads 4, n_kv_heads 2
-    W_V = a.W_V.view(2, 8, 32)[kv]
-    W_O = a.W_O.view(32, 4, 8)[:, h]
-    direct = tcs[0].W_dec[1] @ W_V.T @ W_O.T @ tcs[2].W_enc[:, j]
-    assert torch.allclose(ov.values[0], direct)
 
 
 @pytest.mark.parametrize("shape", list(SHAPES))
