@@ -89,9 +89,11 @@ class Circuit:
         try:
             nodes = [Node(**n) for n in d["nodes"]]
             edges = [Edge(**e) for e in d["edges"]]
-        except (KeyError, TypeError) as e:
+            scores = {k: float(v) for k, v in d.get("scores", {}).items()}
+            metadata = dict(d.get("metadata", {}))
+        except (KeyError, TypeError, AttributeError) as e:
             raise ValueError(f"malformed circuit JSON: {e}") from None
-        return cls(nodes, edges, {k: float(v) for k, v in d.get("scores", {}).items()}, d.get("metadata", {}))
+        return cls(nodes, edges, scores, metadata)
 
     def save(self, path: Path) -> None:
         atomic_write_text(Path(path), json.dumps(self.to_dict(), indent=1))
@@ -102,9 +104,19 @@ class Circuit:
         if not path.exists():
             raise FileNotFoundError(f"circuit file {str(path)!r} does not exist")
         try:
-            return cls.from_dict(json.loads(path.read_text()))
+            d = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as e:
             raise ValueError(f"{str(path)!r} is not valid JSON ({e})") from None
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{str(path)!r} is not UTF-8 text (byte at offset {e.start}): not a circuit JSON") from None
+        except RecursionError:
+            raise ValueError(f"{str(path)!r}: JSON nested too deeply, not a circuit") from None
+        if not isinstance(d, dict):
+            raise ValueError(f"{str(path)!r} holds a JSON {type(d).__name__}, not a circuit object")
+        try:
+            return cls.from_dict(d)
+        except ValueError as e:
+            raise ValueError(f"{str(path)!r}: {e}") from None
 
 
 def node_iou(a: Circuit, b: Circuit) -> float:

@@ -20,8 +20,10 @@ from rich.text import Text
 from sparsecircuits.cli.common import (
     ParserBuilder,
     add_config_flags,
+    at_least,
     cache_dir,
     check_names,
+    check_output_path,
     check_tasks,
     collect,
     command_parser,
@@ -70,7 +72,7 @@ def _bridge_intervene_parser(sub: argparse._SubParsersAction, name: str, help: s
     i.add_argument("--alpha", type=float, default=0.0, help="steer: value added to each channel (default: 0)")
     i.add_argument("--baseline", choices=["mean", "zero"], default="mean",
                    help="ablate: the sparse model's mean activation over its corpus, or zero (default: mean)")
-    i.add_argument("--n-examples", type=int, default=256, help="task prompts; half select, half held out (default: 256)")
+    i.add_argument("--n-examples", type=at_least(2), default=256, help="task prompts; half select, half held out (default: 256)")
     i.add_argument("--seed", type=int, default=0, help="seed of the prompts and of the split (default: 0)")
     i.add_argument("--json", type=Path, default=None, help="also write the result to this JSON file")
     i.add_argument("--cache-dir", type=Path, default=None, help="token / mean-activation cache")
@@ -117,6 +119,7 @@ def _setup(args: argparse.Namespace, console: Console):  # noqa: ANN202
 def cmd_train_bridges(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.weight_sparse.bridges_train import BridgeStepReport, train_bridges
 
+    check_output_path(args.out, "dir")
     setup, train = _setup(args, console)
     bcfg = collect(args, BridgeConfig, {})
     console.print(Text.assemble(("Training bridges", "bold"), f" {setup.dense_path} <-> sparse ({setup.sparse_init}): "
@@ -186,6 +189,7 @@ def cmd_bridge_intervene(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.weight_sparse.prune import split_indices
 
     check_tasks([args.task])
+    check_output_path(args.json, "file", "--json")
     lb = load_bridges(args.bridges, args.dense)
     if lb.sparse_checkpoint.tokenizer_path is None:
         raise ValueError(f"{str(lb.path)!r} has no tokenizer.json; tasks need the tokenizer")

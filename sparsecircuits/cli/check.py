@@ -13,7 +13,13 @@ from rich.table import Table
 from rich.text import Text
 
 from sparsecircuits.check import ITEMS  # torch-free
-from sparsecircuits.cli.common import ParserBuilder, cache_dir, command_parser
+from sparsecircuits.cli.common import (
+    ParserBuilder,
+    cache_dir,
+    check_input_file,
+    check_output_path,
+    command_parser,
+)
 from sparsecircuits.cli.loading import load_dictionaries, load_model, load_task, model_task_flags
 
 
@@ -47,6 +53,9 @@ def cmd_check(args: argparse.Namespace, console: Console) -> int:
     if args.n < 1 or args.strata < 1 or args.worst < 0 or args.zero_tol < 0:
         raise ValueError("--n and --strata must be >= 1, --worst and --zero-tol >= 0")
     t0 = time.perf_counter()
+    check_input_file(args.task_file, "--task-file")
+    if args.write:  # the result is stored in the circuit JSON: it must be writable, checked before patching
+        check_output_path(args.circuit, "file", "circuit")
     circuit = Circuit.load(args.circuit)
     kind = circuit_kind(circuit)  # unsupported kinds fail here, before a model is loaded
     items = default_items(circuit) if args.items == "auto" else args.items

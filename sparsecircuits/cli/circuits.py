@@ -14,7 +14,10 @@ from rich.text import Text
 from sparsecircuits.cli.common import (
     ParserBuilder,
     add_config_flags,
+    at_least,
     cache_dir,
+    check_input_file,
+    check_output_path,
     check_tasks,
     collect,
     command_parser,
@@ -31,11 +34,11 @@ def _quickstart_parser(sub: argparse._SubParsersAction, name: str, help: str) ->
                    help="train both models from scratch (preset quickstart, ~1 h each on 2 CPU cores) instead of the "
                         "shipped ones (default: off)")
     p.add_argument("--tasks", nargs="*", default=None, help="tasks to run (default: all)")
-    p.add_argument("--n-examples", type=int, default=256, help="examples per task (half train, half held out) (default: 256)")
+    p.add_argument("--n-examples", type=at_least(2), default=256, help="examples per task (half train, half held out) (default: 256)")
     p.add_argument("--solve-threshold", type=float, default=0.9,
                    help="accuracy of the sparse model from which a task counts as solved and is pruned (default: 0.9)")
     p.add_argument("--cache-dir", type=Path, default=None, help="cache (default: $SPARSECIRCUITS_CACHE or ~/.cache/sparsecircuits)")
-    p.add_argument("--workers", type=int, default=0,
+    p.add_argument("--workers", type=at_least(0), default=0,
                    help="prunes run at once, each in its own process (default: 0 = one per CPU core; 1 = in-process)")
     add_config_flags(p, PruneConfig, "pruning", defaults=QUICKSTART_PRUNE)
 
@@ -47,7 +50,7 @@ def _prune_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None
     src.add_argument("--task", help="a built-in task (see `sparsecircuits tasks`)")
     src.add_argument("--task-file", type=Path, help="a JSONL task: prompt, correct, incorrect[, counterfactual]")
     p.add_argument("--out", type=Path, required=True, help="circuit JSON to write")
-    p.add_argument("--n-examples", type=int, default=256, help="examples of a built-in task (default: 256)")
+    p.add_argument("--n-examples", type=at_least(1), default=256, help="examples of a built-in task (default: 256)")
     p.add_argument("--cache-dir", type=Path, default=None, help="cache for tokens and mean activations")
     add_config_flags(p, PruneConfig, "pruning")
 
@@ -61,14 +64,18 @@ def _compare_parser(sub: argparse._SubParsersAction, name: str, help: str) -> No
 def _tasks_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
     p = command_parser(sub, name, help)
     p.add_argument("checkpoint", type=Path, nargs="?", default=None, help="checkpoint to evaluate")
-    p.add_argument("--n-examples", type=int, default=256, help="examples per task (default: 256)")
+    p.add_argument("--n-examples", type=at_least(1), default=256, help="examples per task (default: 256)")
     p.add_argument("--seed", type=int, default=0, help="seed the task examples are drawn with (default: 0)")
     p.add_argument("--exclude-seed", type=int, default=None,
                    help="leave out every example whose prompt or counterfactual occurs among the candidates of the "
                         "--exclude-n examples drawn at this seed (a validation set disjoint from the default evaluation)")
     p.add_argument("--exclude-n", type=int, default=256, help="size of the excluded set (with --exclude-seed; default: 256)")
+    p.add_argument("--task-file", type=Path, default=None,
+                   help="with a checkpoint or --model: evaluate your own JSONL task (prompt, correct, incorrect"
+                        "[, counterfactual] per line) instead of the built-in ones")
     p.add_argument("--json", type=Path, default=None,
-                   help="with a checkpoint or --model: also write each task's accuracy, loss and answer tokens to this JSON file")
+                   help="with a checkpoint or --model: also write each task's accuracy, loss, logit difference and "
+                        "answer tokens to this JSON file")
     p.add_argument("--model", default=None,
                    help="evaluate a Hugging Face model instead: a local folder or a name in the HF cache "
                         "(downloaded only if online and huggingface_hub is installed)")
@@ -80,6 +87,7 @@ def cmd_quickstart(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.weight_sparse.quickstart import ASSETS, run_quickstart
 
     check_tasks(args.tasks or [])  # a typo fails now, not after minutes of tokenizing (or an hour of --retrain)
+    check_output_path(args.out, "dir")
     cfg = collect(args, PruneConfig, QUICKSTART_PRUNE)
     sparse, dense = ASSETS / "sparse", ASSETS / "dense"
     if args.retrain:
@@ -142,6 +150,8 @@ def cmd_prune(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.weight_sparse.prune import PruneConfig, prune_task
 
     check_tasks([args.task])
+    check_output_path(args.out, "file")  # before the prune, not after it
+    check_input_file(args.task_file, "--task-file")
     cfg = collect(args, PruneConfig, {})
     ck = load_checkpoint(args.checkpoint)
     if ck.tokenizer_path is None:
@@ -184,58 +194,65 @@ def cmd_tasks(args: argparse.Namespace, console: Console) -> int:
     import sparsecircuits.tasks  # noqa: F401
     from sparsecircuits.tasks.base import TASKS, TaskError, load_task, prompt_texts
 
+    source = args.checkpoint if args.checkpoint is not None else getattr(args, "model", None)
+    if args.checkpoint is not None and getattr(args, "model", None):
+        raise ValueError("give either a checkpoint or --model, not both")
+    out_json = getattr(args, "json", None)
+    task_file = getattr(args, "task_file", None)
+    if source is None and (out_json is not None or task_file is not None):
+        raise ValueError(f"{'--json' if out_json is not None else '--task-file'} needs a checkpoint or --model to evaluate")
+    check_output_path(out_json, "file", "--json")
+    check_input_file(task_file, "--task-file")
     table = Table(title="tasks")
     table.add_column("task")
     table.add_column("what is predicted and why it is determined")
     model = tok = None
-    if args.checkpoint is not None and getattr(args, "model", None):
-        raise ValueError("give either a checkpoint or --model, not both")
-    out_json = getattr(args, "json", None)
-    if out_json is not None and args.checkpoint is None and not getattr(args, "model", None):
-        raise ValueError("--json needs a checkpoint or --model to evaluate")
     results: dict[str, dict[str, object]] = {}
-    if args.checkpoint is not None or getattr(args, "model", None):
-        from sparsecircuits.data.tokenizer import load_tokenizer
-        from sparsecircuits.evaluate import evaluate_task
-        from sparsecircuits.model.checkpoint import load_checkpoint
+    if source is not None:
+        from sparsecircuits.cli.loading import load_model
 
-        if args.checkpoint is None:
-            from sparsecircuits.model.load import load_pretrained
-
-            pre = load_pretrained(args.model)
-            model, tok = pre.model, pre.tokenizer
-        else:
-            ck = load_checkpoint(args.checkpoint)
-            model, tok = ck.model, load_tokenizer(ck.tokenizer_path) if ck.tokenizer_path else None
+        model, tok, _ = load_model(source)  # a checkpoint without tokenizer.json fails here, clearly
         for col in ("answers", "accuracy", "loss"):
             table.add_column(col, justify="right")
-    for name, spec in sorted(TASKS.items()):
-        cells = [name, spec.summary]
-        if model is not None and tok is not None:
-            try:
-                exclude = set() if args.exclude_seed is None else prompt_texts(name, args.exclude_n, args.exclude_seed)
-                data = load_task(name, tok, model.cfg.n_ctx, args.n_examples, args.seed, exclude)
-                ev = evaluate_task(model, data)
-                cells += [f"{data.answer_strings[0]!r} / {data.answer_strings[1]!r}", f"{ev.accuracy:.2f}", f"{ev.loss:.3f}"]
-                results[name] = {"accuracy": ev.accuracy, "loss": ev.loss, "logit_diff": ev.logit_diff,
-                                 "n_examples": len(data), "answers": list(data.answer_strings)}
-            except TaskError as e:
-                cells += ["-", "-", str(e)[:40]]
-                results[name] = {"error": str(e)}
-        table.add_row(*cells)
+    if task_file is not None:
+        from sparsecircuits.tasks.base import load_jsonl_task
+
+        data = load_jsonl_task(task_file, tok, model.cfg.n_ctx)  # errors name the file and line
+        results[data.name] = _evaluate_row(table, model, data, f"your task ({task_file})")
+    for name, spec in sorted(TASKS.items()) if task_file is None else ():
+        if model is None:
+            table.add_row(name, spec.summary)
+            continue
+        try:
+            exclude = set() if args.exclude_seed is None else prompt_texts(name, args.exclude_n, args.exclude_seed)
+            data = load_task(name, tok, model.cfg.n_ctx, args.n_examples, args.seed, exclude)
+            results[name] = _evaluate_row(table, model, data, spec.summary)
+        except TaskError as e:
+            table.add_row(name, spec.summary, "-", "-", str(e)[:40])
+            results[name] = {"error": str(e)}
     console.print(table)
     if out_json is not None:
         import json
 
         from sparsecircuits.atomic import atomic_write_text
 
-        source = str(args.checkpoint) if args.checkpoint is not None else args.model
-        record = {"model": source, "n_examples": args.n_examples, "seed": args.seed,
+        record = {"model": str(source), "n_examples": args.n_examples, "seed": args.seed,
                   "excluded": None if args.exclude_seed is None else {"seed": args.exclude_seed, "n": args.exclude_n},
-                  "tasks": results}
+                  "task_file": None if task_file is None else str(task_file), "tasks": results}
         atomic_write_text(out_json, json.dumps(record, indent=1))
         console.print(f"wrote {out_json}")
     return 0
+
+
+def _evaluate_row(table: Table, model, data, summary: str) -> dict[str, object]:  # noqa: ANN001
+    """Evaluate the full model on a task, add its table row, return its JSON record."""
+    from sparsecircuits.evaluate import evaluate_task
+
+    ev = evaluate_task(model, data)
+    table.add_row(data.name, summary, f"{data.answer_strings[0]!r} / {data.answer_strings[1]!r}",
+                  f"{ev.accuracy:.2f}", f"{ev.loss:.3f}")
+    return {"accuracy": ev.accuracy, "loss": ev.loss, "logit_diff": ev.logit_diff, "n_examples": len(data),
+            "answers": list(data.answer_strings)}
 
 
 PARSERS: dict[str, ParserBuilder] = {"quickstart": _quickstart_parser, "prune": _prune_parser,

@@ -11,7 +11,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sparsecircuits.cli.common import ParserBuilder, add_config_flags, cache_dir, collect, command_parser
+from sparsecircuits.cli.common import (
+    ParserBuilder,
+    add_config_flags,
+    cache_dir,
+    check_output_path,
+    collect,
+    command_parser,
+)
 from sparsecircuits.cli.console import StageBars, stage_progress
 from sparsecircuits.cli.loading import load_dictionaries
 from sparsecircuits.feature_circuits.config import ClusterConfig, FeatureCircuitConfig
@@ -93,6 +100,7 @@ def cmd_clusters(args: argparse.Namespace, console: Console) -> int:
 
     cfg = collect(args, ClusterConfig, {})
     ccfg = collect(args, FeatureCircuitConfig, {"ablation": "zero"})
+    check_output_path(args.out, "dir")
     ck = load_checkpoint(args.model)
     if ck.tokenizer_path is None:
         raise ValueError(f"{ck.path} has no tokenizer.json")

@@ -1,7 +1,8 @@
 """What every command module of the CLI shares: the rich `console`, flags generated from config
 dataclasses (`add_config_flags`, `collect`), the cache folder, the error handling around a command
-(`run`), checks of name arguments with suggestions (`check_names`, `check_tasks`, `check_hooks`) and
-the training run that `train` and `quickstart --retrain` both do (`train_model`).
+(`run`, `error_line`), checks of name arguments with suggestions (`check_names`, `check_tasks`,
+`check_hooks`), checks of paths and numbers before any slow work (`check_output_path`, `check_input_file`,
+`at_least`) and the training run that `train` and `quickstart --retrain` both do (`train_model`).
 
 Output never garbles data (`PlainConsole`): rich markup and emoji codes are off, so a task summary
 holding `[key]` or a name holding `:-1:` prints as written (style our own words with `rich.text.Text`,
@@ -206,6 +207,96 @@ def check_hooks(names: Iterable[str | None], model: Any) -> None:
             model.resolve_hook_names(name)
 
 
+def error_line(e: BaseException) -> str:
+    """The one-line message of an error a user caused: an OSError names its file (`permission denied:
+    'runs/x'`), any other error is its message with line breaks folded."""
+    if isinstance(e, OSError) and e.filename is not None:
+        msg = f"{(e.strerror or type(e).__name__).lower()}: {str(e.filename)!r}"
+        msg += f" -> {str(e.filename2)!r}" if e.filename2 is not None else ""
+    else:
+        msg = str(e) or type(e).__name__
+    return " ".join(msg.splitlines())
+
+
+def at_least(low: int) -> Callable[[str], int]:
+    """An argparse `type`: an integer >= `low` (`--top 0` is refused with the flag, before any work)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {low}"  # what argparse names in its own messages
+    return parse
+
+
+def check_output_path(path: Path | str | None, kind: str = "file", flag: str = "--out",
+                      replaces: Iterable[str] | None = None) -> None:
+    """Refuse an output location before any slow work: `kind` "file" must not be a folder, "dir" must
+    not be a file; the nearest existing folder on the way must be a folder and writable (tested by
+    creating and removing an empty hidden file, which also catches read-only file systems and root
+    on /sys). `replaces`: a folder output written whole (atomic_dir replaces the old folder) may only
+    replace an empty folder or one holding one of these names (a previous output of the same kind),
+    never a user's unrelated folder. Raises ValueError naming `flag` and the path."""
+    if path is None:
+        return
+    p = Path(path)
+    where = f"{flag} {str(p)!r}"
+    if str(path) == "":
+        raise ValueError(f"{flag}: the path is empty")
+    if kind == "file":
+        if p.is_dir():
+            raise ValueError(f"{where} is a folder; a file path is needed")
+        if p.exists() and not p.is_file():
+            raise ValueError(f"{where} exists and is not a regular file")
+    elif kind == "dir":
+        if p.exists() and not p.is_dir():
+            raise ValueError(f"{where} is a file; a folder is needed")
+        if replaces is not None and p.is_dir() and any(p.iterdir()) and not any((p / n).exists() for n in replaces):
+            raise ValueError(f"{where} is a non-empty folder that is not an earlier output of this command "
+                             f"(it holds none of {', '.join(sorted(replaces))}); it would be replaced: give a new "
+                             "or empty folder")
+    else:
+        raise ValueError(f"check_output_path: kind must be 'file' or 'dir', got {kind!r}")
+    folder = p if kind == "dir" else p.parent
+    folder = folder if str(folder) else Path(".")
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{where}: {str(folder)!r} is a file, not a folder")
+    _probe_writable(folder, where)
+
+
+def _probe_writable(folder: Path, where: str) -> None:
+    import secrets
+
+    probe = folder / f".sparsecircuits-probe-{secrets.token_hex(6)}"
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except OSError as e:
+        raise ValueError(f"{where}: cannot write in {str(folder)!r} ({(e.strerror or str(e)).lower()})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def check_input_file(path: Path | str | None, flag: str, kind: str = "file") -> None:
+    """Refuse an input that is missing or of the wrong kind (a folder for a file, or the reverse),
+    naming `flag`, before any slow work."""
+    if path is None:
+        return
+    p = Path(path)
+    if not p.exists():
+        raise FileNotFoundError(f"{flag} {str(p)!r} does not exist")
+    if kind == "file" and not p.is_file():
+        raise ValueError(f"{flag} {str(p)!r} is not a file")
+    if kind == "dir" and not p.is_dir():
+        raise ValueError(f"{flag} {str(p)!r} is not a folder")
+
+
 class ArgumentParser(argparse.ArgumentParser):
     """argparse with "did you mean" for a value outside `choices` (a command name, --method, --arch ...)."""
 
@@ -217,16 +308,22 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def run(command: Command, args: argparse.Namespace) -> int:
-    """Run a command: bad input (a ValueError, which CheckpointError and TaskError are, or a missing
-    file) is one red line and exit code 2 (a traceback with SPARSECIRCUITS_DEBUG=1); Ctrl-C is 130."""
+    """Run a command: bad input (a ValueError, which CheckpointError and TaskError are, or an OSError:
+    a file missing, unreadable, unwritable, of the wrong kind) is one red line and exit code 2 (a
+    traceback with SPARSECIRCUITS_DEBUG=1); Ctrl-C is 130."""
     # Under torchrun only rank 0 talks; training commands start the process group themselves.
     console.quiet = os.environ.get("RANK", "0") != "0" or console.quiet
     try:
+        # --- torch threads (issue 25): one per process unless SPARSECIRCUITS_THREADS / OMP_NUM_THREADS say otherwise
+        from sparsecircuits.threads import apply_default
+
+        apply_default()
+        # --- end torch threads
         return command(args, console)
-    except (ValueError, FileNotFoundError) as e:
+    except (ValueError, OSError) as e:  # every OS error a user can cause: missing, unreadable, unwritable ...
         if os.environ.get("SPARSECIRCUITS_DEBUG"):
             raise
-        console.print(Text.assemble(("error:", "bold red"), f" {e}"))
+        console.print(Text.assemble(("error:", "bold red"), f" {error_line(e)}"))
         return 2
     except KeyboardInterrupt:
         console.print(Text.assemble(("interrupted", "yellow"),
@@ -257,6 +354,7 @@ def train_model(args: argparse.Namespace, console: Console) -> int:
     model = collect(args, ModelConfig, {**preset.model, "d_vocab": data.vocab_size})
     train = collect(args, TrainConfig, preset.train)
     out = args.out or Path("runs") / (args.preset + ("-dense" if train.dense else ""))
+    check_output_path(out, "dir")  # before tokenizing and training, not at the first checkpoint
     spec = RunSpec(model, train, data)
     kind = "dense twin" if train.dense else "weight-sparse model"
     console.print(Text.assemble((f"Training a {kind}", "bold"), f" ({args.preset}: {model.n_layers} layers, d_model "

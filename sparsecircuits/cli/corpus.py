@@ -9,7 +9,13 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sparsecircuits.cli.common import ParserBuilder, add_config_flags, collect, command_parser
+from sparsecircuits.cli.common import (
+    ParserBuilder,
+    add_config_flags,
+    check_output_path,
+    collect,
+    command_parser,
+)
 from sparsecircuits.data.config import TaskCorpusConfig
 
 
@@ -23,6 +29,7 @@ def cmd_task_corpus(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.data.task_corpus import write_task_corpus
 
     cfg = collect(args, TaskCorpusConfig, {})
+    check_output_path(args.out, "file")
     stats = write_task_corpus(cfg, args.out)
     per_task = ", ".join(f"{t} {n}" for t, n in stats.docs_per_task.items())
     total = stats.sequence_chars + stats.stdlib_chars

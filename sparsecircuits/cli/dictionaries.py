@@ -1,4 +1,4 @@
-"""CLI commands for sparse dictionaries: `train-dict`, `eval-dict`, `features`, `convert-dict`.
+"""CLI commands for sparse dictionaries: `train-dict`, `eval-dict`, `features`, `convert-dict`, `dicts list`.
 
 Rendering only; the work is in `sparsecircuits.dictionaries`. `--arch` choices are the registry's
 names (`dictionaries/config.py: ARCHITECTURE_NAMES`, kept equal to `ARCHITECTURES` by a test) and the
@@ -22,8 +22,11 @@ from rich.text import Text
 from sparsecircuits.cli.common import (
     ParserBuilder,
     add_config_flags,
+    at_least,
     cache_dir,
     check_hooks,
+    check_input_file,
+    check_output_path,
     collect,
     command_parser,
 )
@@ -37,8 +40,8 @@ def _train_dict_parser(sub: argparse._SubParsersAction, name: str, help: str) ->
     t.add_argument("--out-hook", default="", help="hook it predicts (a transcoder), e.g. blocks.1.hook_mlp_out; "
                    "default: --hook (an SAE)")
     t.add_argument("--arch", choices=ARCHITECTURE_NAMES, default="topk", help="architecture (default: topk)")
-    t.add_argument("--width", type=int, nargs="+", default=[1024], help="features; several = a sweep (default: 1024)")
-    t.add_argument("--k", type=int, nargs="+", default=[32], help="active features per token for topk/batchtopk; "
+    t.add_argument("--width", type=at_least(1), nargs="+", default=[1024], help="features; several = a sweep (default: 1024)")
+    t.add_argument("--k", type=at_least(1), nargs="+", default=[32], help="active features per token for topk/batchtopk; "
                    "several = a sweep (default: 32)")
     t.add_argument("--skip", action=argparse.BooleanOptionalAction, default=False,
                    help="affine skip connection (transcoders; default: off)")
@@ -55,8 +58,8 @@ def _eval_dict_parser(sub: argparse._SubParsersAction, name: str, help: str) -> 
     e = command_parser(sub, name, help)
     e.add_argument("dictionary", type=Path, nargs="+", help="dictionary folders (SAELens layout)")
     e.add_argument("--model", type=Path, required=True, help="checkpoint folder or run folder")
-    e.add_argument("--batches", type=int, default=8, help="validation batches (default: 8)")
-    e.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default: 16)")
+    e.add_argument("--batches", type=at_least(1), default=8, help="validation batches (default: 8)")
+    e.add_argument("--batch-size", type=at_least(1), default=16, help="sequences per batch (default: 16)")
     e.add_argument("--json", type=Path, default=None, help="also write the metrics to this JSON file")
     e.add_argument("--cache-dir", type=Path, default=None, help="token cache")
 
@@ -74,10 +77,10 @@ def _features_parser(sub: argparse._SubParsersAction, name: str, help: str) -> N
     f.add_argument("--html", type=Path, default=None,
                    help="also write the feature dashboard, one offline HTML page, e.g. dashboards/L1.html "
                    "(open it with #f=123 for feature 123)")
-    f.add_argument("--batches", type=int, default=16, help="batches of validation windows (default: 16)")
-    f.add_argument("--batch-size", type=int, default=16, help="sequences per batch (default: 16)")
-    f.add_argument("--top", type=int, default=16, help="examples per feature (default: 16)")
-    f.add_argument("--context", type=int, default=16, help="tokens of context per example (default: 16)")
+    f.add_argument("--batches", type=at_least(1), default=16, help="batches of validation windows (default: 16)")
+    f.add_argument("--batch-size", type=at_least(1), default=16, help="sequences per batch (default: 16)")
+    f.add_argument("--top", type=at_least(1), default=16, help="examples per feature (default: 16)")
+    f.add_argument("--context", type=at_least(1), default=16, help="tokens of context per example (default: 16)")
     f.add_argument("--top-tokens", type=int, default=10,
                    help="promoted and suppressed output tokens per feature on the dashboard (default: 10)")
     f.add_argument("--upstream", type=Path, default=None,
@@ -94,6 +97,19 @@ def _convert_dict_parser(sub: argparse._SubParsersAction, name: str, help: str) 
     c.add_argument("--out", type=Path, required=True, help="output dictionary folder")
     c.add_argument("--hook", default="", help="input hook, if the file does not record it")
     c.add_argument("--out-hook", default="", help="output hook of a transcoder, if the file does not record it")
+
+
+def _dicts_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
+    d = command_parser(sub, name, help)
+    actions = d.add_subparsers(dest="dicts_command", required=True, metavar="ACTION")
+    ls = actions.add_parser("list", help="every dictionary under PATH, in any published layout: layout, hook, "
+                            "width, architecture, layer", description="List the dictionaries found under PATH "
+                            "(read from configs and tensor headers; nothing is unpickled except .pt files through "
+                            "torch.load(weights_only=True)).")
+    ls.add_argument("path", help="a folder or file, or a Hugging Face repo id [+ folder] found in the HF cache")
+    ls.add_argument("--json", action=argparse.BooleanOptionalAction, default=False,
+                    help="print JSON instead of a table (default: off)")
+    ls.add_argument("--max-depth", type=at_least(0), default=8, help="folder levels searched below PATH (default: 8)")
 
 
 def _windows(model, data, batches: int, batch_size: int):  # noqa: ANN001, ANN202
@@ -116,6 +132,8 @@ def cmd_train_dict(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.model.checkpoint import load_checkpoint
 
     cfg = collect(args, DictTrainConfig, {})
+    check_output_path(args.out, "dir")
+    check_output_path(args.store, "dir", "--store")
     ck = load_checkpoint(args.model)
     model = ck.model
     check_hooks([args.hook, args.out_hook], model)
@@ -172,6 +190,10 @@ def cmd_eval_dict(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.dictionaries.activations import checkpoint_tokens
     from sparsecircuits.model.checkpoint import load_checkpoint
 
+    check_output_path(args.json, "file", "--json")
+    for folder in args.dictionary:
+        check_input_file(folder, "dictionary", "dir")
+    dicts = {folder: load_dictionary(folder) for folder in args.dictionary}  # a broken one fails before tokenizing
     ck = load_checkpoint(args.model)
     windows = _windows(ck.model, checkpoint_tokens(ck, cache_dir(args)), args.batches, args.batch_size)
     table = Table(title=f"dictionaries spliced into {ck.path}")
@@ -181,8 +203,7 @@ def cmd_eval_dict(args: argparse.Namespace, console: Console) -> int:
         table.add_column(col, justify="left" if col == "dictionary" else "right")
     results = {}
     t0 = time.perf_counter()
-    for folder in args.dictionary:
-        d = load_dictionary(folder)
+    for folder, d in dicts.items():
         with console.status(f"evaluating {folder}"):
             ev = evaluate_dictionary(ck.model, d, windows)
         results[str(folder)] = ev.to_dict()
@@ -212,6 +233,9 @@ def cmd_features(args: argparse.Namespace, console: Console) -> int:
         raise ValueError("nothing to write: give --out (the tables) and/or --html (the dashboard)")
     if args.upstream is not None and (args.html is None or args.dictionary is None):
         raise ValueError("--upstream needs --html and a --dictionary (a transcoder)")
+    check_output_path(args.out, "dir")
+    check_output_path(args.html, "file", "--html")
+    check_input_file(args.dictionary, "--dictionary", "any")
     ck = load_checkpoint(args.model)
     check_hooks([args.neurons], ck.model)  # a misspelt hook fails before the corpus is tokenized
     d, transcoder_set = _features_dictionary(args)
@@ -329,7 +353,10 @@ def cmd_convert_dict(args: argparse.Namespace, console: Console) -> int:
     import warnings
 
     from sparsecircuits.dictionaries import convert_pickle
+    from sparsecircuits.dictionaries.formats import CFG
 
+    check_input_file(args.pickle, "pickle")
+    check_output_path(args.out, "dir", replaces=(CFG,))  # the folder is replaced whole
     console.print(Text.assemble(("warning", "yellow"), f": {args.pickle} is a pickle; it is read with "
                                 "torch.load(weights_only=True) (no code from it runs), but only convert files from a "
                                 "source you trust"))
@@ -340,7 +367,35 @@ def cmd_convert_dict(args: argparse.Namespace, console: Console) -> int:
     return 0
 
 
+def cmd_dicts(args: argparse.Namespace, console: Console) -> int:
+    from sparsecircuits.dictionaries.layouts import find_dictionaries
+    from sparsecircuits.dictionaries.layouts.hub import resolve
+
+    root = str(resolve(args.path))
+    rows = find_dictionaries(root, args.max_depth)
+    if args.json:
+        console.print(json.dumps([r.to_dict() for r in rows], indent=1), markup=False, highlight=False, soft_wrap=True)
+        return 0
+    if not rows:
+        console.print(f"no dictionaries found under {args.path}", markup=False)
+        return 0
+    table = Table(title=f"dictionaries under {args.path}" + (f" ({root})" if root != str(args.path) else ""))
+    for col in ("path", "layout", "hook", "width", "d_in", "architecture", "layer", "n"):
+        table.add_column(col, justify="right" if col in ("width", "d_in", "layer", "n") else "left")
+    for r in rows:
+        path = (r.path[len(root):].lstrip("/") or ".") if r.path.startswith(root) else r.path
+        hook = r.hook + (f" -> {r.out_hook}" if r.out_hook and r.out_hook != r.hook else "")
+        if r.error:
+            table.add_row(Text(path), Text(r.layout), Text(r.error, style="red"), "", "", "", "", "")
+            continue
+        table.add_row(Text(path), Text(r.layout), Text(hook), str(r.width or ""), str(r.d_in or ""), Text(r.arch),
+                      "" if r.layer is None else str(r.layer), str(r.count))
+    console.print(table)
+    return 0
+
+
 PARSERS: dict[str, ParserBuilder] = {"train-dict": _train_dict_parser, "eval-dict": _eval_dict_parser,
-                                     "features": _features_parser, "convert-dict": _convert_dict_parser}
+                                     "features": _features_parser, "convert-dict": _convert_dict_parser,
+                                     "dicts": _dicts_parser}
 COMMANDS = {"train-dict": cmd_train_dict, "eval-dict": cmd_eval_dict, "features": cmd_features,
-            "convert-dict": cmd_convert_dict}
+            "convert-dict": cmd_convert_dict, "dicts": cmd_dicts}

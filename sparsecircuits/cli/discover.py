@@ -15,8 +15,10 @@ from sparsecircuits.ablation_names import ABLATIONS
 from sparsecircuits.cli.common import (
     ParserBuilder,
     add_config_flags,
+    at_least,
     cache_dir,
     check_names,
+    check_output_path,
     check_tasks,
     collect,
     command_parser,
@@ -53,7 +55,7 @@ def _compare_circuits_parser(sub: argparse._SubParsersAction, name: str, help: s
 def _heads_parser(sub: argparse._SubParsersAction, name: str, help: str) -> None:
     h = command_parser(sub, name, help)
     model_task_flags(h)
-    h.add_argument("--top", type=int, default=10, help="heads to list per column (default: 10)")
+    h.add_argument("--top", type=at_least(1), default=10, help="heads to list per column (default: 10)")
 
 
 def cmd_discover(args: argparse.Namespace, console: Console) -> int:
@@ -62,6 +64,7 @@ def cmd_discover(args: argparse.Namespace, console: Console) -> int:
 
     check_tasks([args.task])
     cfg = collect(args, DiscoverConfig, {})
+    check_output_path(args.out, "file")  # before the model runs, not after the search
     model, tok, ck = load_model(args.model)
     data = load_task(args, model, tok)
     if args.filter:
@@ -137,6 +140,7 @@ def cmd_compare_circuits(args: argparse.Namespace, console: Console) -> int:
         raise ValueError("compare-circuits needs two or more circuit files")
     if args.ablation is not None:
         check_names("ablation", [args.ablation], ABLATIONS)
+    check_output_path(args.out, "file")
     circuits = [Circuit.load(p) for p in args.circuits]
     names = [f"{c.metadata.get('task', p.stem)}:{c.metadata.get('method', '?')}" for c, p in zip(circuits, args.circuits)]
     for title, fn in (("node IoU", node_iou), ("edge IoU", edge_iou)):
@@ -203,26 +207,37 @@ def single_token_members(tok, members: tuple[str, ...]) -> list[int] | None:  # 
 
 
 def cmd_heads(args: argparse.Namespace, console: Console) -> int:
-    from sparsecircuits.component_circuits.head_roles import POSITION_TYPES, head_roles
+    from sparsecircuits.component_circuits.head_roles import POSITION_TYPES, head_roles, ov_tokens
     from sparsecircuits.tasks.sequences import MEMBERS
 
     check_tasks([args.task])
     model, tok, _ = load_model(args.model)
     data = load_task(args, model, tok)
-    members = single_token_members(tok, MEMBERS[args.task]) if args.task in MEMBERS else None
-    if args.task in MEMBERS:
-        if members is None:
-            console.print("OV scores skipped: the first two members are not single tokens in this tokenizer")
-        elif len(members) < len(MEMBERS[args.task]):
-            console.print(f"OV scores over the first {len(members)} members (the later ones are several tokens)")
-    roles = head_roles(model, data, members)
+
+    def encode(text: str) -> list[int]:
+        return tok.encode(text, add_special_tokens=False).ids
+
+    def decode(ids: list[int]) -> str:
+        return tok.decode(ids, skip_special_tokens=False)
+
+    # OV scores on the task's own members (sequence continuation), else on the sequences the vocabulary has
+    ov = ov_tokens(encode, decode, {args.task: MEMBERS[args.task]}, (" ",)) if args.task in MEMBERS else \
+        ov_tokens(encode, decode)
+    roles = head_roles(model, data, ov)
+    for name, cands in ov.candidates.items():
+        used = ov.used(name)
+        console.print(f"OV tokens, {name}: {len(used)} of {len(cands)} are single tokens"
+                      + (": " + " ".join(repr(u) for u in used) if used else ""))
+    console.print(f"OV scores over {len(ov.tokens)} tokens and {len(ov.pairs)} successor pairs")
+    for note in ov.notes():
+        console.print(note)
     for j, kind in enumerate(POSITION_TYPES):
         att = roles.attention[..., j]
         top = att.flatten().topk(min(args.top, att.numel()))
         console.print(f"attention to {kind}: " + ", ".join(
             f"{i // att.shape[1]}.{i % att.shape[1]} {v:.2f}" for v, i in zip(top.values.tolist(), top.indices.tolist())))
-    if roles.successor is not None and roles.copy is not None:
-        for title, s in (("OV successor", roles.successor), ("OV copy", roles.copy)):
+    for title, s in (("OV successor", roles.successor), ("OV copy", roles.copy)):
+        if s is not None:
             top = s.flatten().topk(min(args.top, s.numel()))
             console.print(f"{title} (top-5 share): " + ", ".join(
                 f"{i // s.shape[1]}.{i % s.shape[1]} {v:.2f}" for v, i in zip(top.values.tolist(), top.indices.tolist())))

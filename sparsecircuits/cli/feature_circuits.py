@@ -14,6 +14,8 @@ from rich.table import Table
 from sparsecircuits.cli.common import (
     ParserBuilder,
     add_config_flags,
+    check_input_file,
+    check_output_path,
     check_tasks,
     collect,
     command_parser,
@@ -52,6 +54,9 @@ def cmd_feature_circuit(args: argparse.Namespace, console: Console) -> int:
 
     check_tasks([args.task])
     cfg = collect(args, FeatureCircuitConfig, {})
+    check_output_path(args.out, "file")
+    for path in args.dicts:
+        check_input_file(path, "--dicts", "dir")
     model, tok, _ = load_model(args.model)
     data = load_task(args, model, tok)
     if args.filter:

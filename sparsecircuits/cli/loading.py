@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from sparsecircuits.cli.common import at_least
+
 
 def model_task_flags(p: argparse.ArgumentParser) -> None:
     """--model, --task / --task-file and --n-examples (read by `load_model` and `load_task`)."""
@@ -16,7 +18,7 @@ def model_task_flags(p: argparse.ArgumentParser) -> None:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--task", help="a built-in task (see `sparsecircuits tasks`)")
     src.add_argument("--task-file", type=Path, help="a JSONL task: prompt, correct, incorrect[, counterfactual]")
-    p.add_argument("--n-examples", type=int, default=64, help="examples of a built-in task (default: 64)")
+    p.add_argument("--n-examples", type=at_least(1), default=64, help="examples of a built-in task (default: 64)")
 
 
 def load_model(name: str | Path) -> tuple[Any, Any, Any]:
@@ -27,7 +29,7 @@ def load_model(name: str | Path) -> tuple[Any, Any, Any]:
 
     path = Path(name)
     cfg = path / "config.json"
-    ours = path.exists() and (not cfg.exists() or "model_type" not in json.loads(cfg.read_text()))
+    ours = path.exists() and (not cfg.exists() or "model_type" not in _read_config(cfg))
     if ours:
         ck = load_checkpoint(path)
         if ck.tokenizer_path is None:
@@ -37,6 +39,19 @@ def load_model(name: str | Path) -> tuple[Any, Any, Any]:
     if pre.tokenizer is None:
         raise ValueError(f"{pre.path} has no tokenizer.json; tasks need the model's tokenizer")
     return pre.model.eval(), pre.tokenizer, None
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """A config.json as a dict; unreadable or broken JSON is an error naming the file and line."""
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{str(path)!r} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{str(path)!r} is not UTF-8 text, not a model config") from None
+    if not isinstance(raw, dict):
+        raise ValueError(f"{str(path)!r} holds a JSON {type(raw).__name__}, not a model config")
+    return raw
 
 
 def load_task(args: argparse.Namespace, model: Any, tok: Any, name: str | None = None) -> Any:

@@ -41,6 +41,7 @@ COMMANDS: dict[str, Command] = {
     "eval-dict": Command("dictionaries", "L0, FVU, spliced CE/KL and loss recovered of a dictionary"),
     "features": Command("dictionaries", "top activating contexts and histograms of every feature (or neuron)"),
     "convert-dict": Command("dictionaries", "convert a pickled dictionary (Dunefsky et al.) to the SAELens layout"),
+    "dicts": Command("dictionaries", "dictionaries in any published layout: `dicts list PATH` shows layout, hook, width"),
     "discover": Command("discover", "find a component circuit (heads, MLPs, edges) for a task"),
     "compare-circuits": Command("discover", "node/edge IoU of circuits; with --model, the cross-task faithfulness matrix"),
     "heads": Command("discover", "head roles on a task: attention by position type, OV successor/copy, logit lens"),
@@ -56,7 +57,11 @@ COMMANDS: dict[str, Command] = {
                                                    "nodes (Marks et al. 2025)"),
     "graph": Command("graph", "attribution graph of one prompt through per-layer transcoders (circuit-tracer JSON)"),
     "transcoder-paths": Command("graph", "greedy path search (Dunefsky et al.) from a feature or a logit difference"),
+    "connections": Command("graph", "input-invariant upstream features of a transcoder feature, direct and through "
+                                    "attention OV (Dunefsky et al.)"),
     "de-embed": Command("graph", "vocabulary tokens that most directly activate a transcoder feature (W_E · e)"),
+    "ov-de-embed": Command("graph", "vocabulary tokens that drive a transcoder feature through attention heads' OV "
+                                    "circuits (Dunefsky et al.)"),
     "shift": Command("shift", "SHIFT: ablate the features a probe uses for a spurious cue (quote style), "
                               "Marks et al. 2025"),
     "clusters": Command("clusters", "cluster well-predicted contexts and find one feature circuit per cluster "

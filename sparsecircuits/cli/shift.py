@@ -17,7 +17,14 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from sparsecircuits.cli.common import ParserBuilder, add_config_flags, collect, command_parser
+from sparsecircuits.cli.common import (
+    ParserBuilder,
+    add_config_flags,
+    check_input_file,
+    check_output_path,
+    collect,
+    command_parser,
+)
 from sparsecircuits.cli.console import StageBars, stage_progress
 from sparsecircuits.cli.loading import load_dictionaries, load_model
 from sparsecircuits.feature_circuits.config import ShiftConfig, ShiftDataConfig
@@ -115,6 +122,8 @@ def cmd_shift(args: argparse.Namespace, console: Console) -> int:
 
     cfg = collect(args, ShiftConfig, {})
     dcfg = collect(args, ShiftDataConfig, {})
+    check_output_path(args.out, "dir")
+    check_input_file(args.ablate, "--ablate")
     t0 = time.perf_counter()
     model, tok, _ = load_model(args.model)
     sites = _sites(model, args.dicts, cfg.probe_hook, console)

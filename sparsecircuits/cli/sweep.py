@@ -18,6 +18,7 @@ from sparsecircuits.cli.common import (
     ParserBuilder,
     add_config_flags,
     cache_dir,
+    check_output_path,
     check_tasks,
     collect,
     command_parser,
@@ -107,6 +108,7 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
 
     cfg = build_config(args)
     check_tasks(cfg.tasks)
+    check_output_path(args.out, "dir")
     runs = expand_grid(cfg)
     console.print(Text.assemble(("Sweep", "bold"), f" of {len(runs)} models ({', '.join(r.name for r in runs)}), "
                                 f"{cfg.steps} steps each, tasks {', '.join(cfg.tasks)} -> {args.out}"))

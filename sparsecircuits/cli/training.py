@@ -12,7 +12,14 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sparsecircuits.cli.common import ParserBuilder, add_config_flags, cache_dir, command_parser, train_model
+from sparsecircuits.cli.common import (
+    ParserBuilder,
+    add_config_flags,
+    cache_dir,
+    check_output_path,
+    command_parser,
+    train_model,
+)
 from sparsecircuits.data.config import DataConfig
 from sparsecircuits.model.config import ModelConfig
 from sparsecircuits.weight_sparse.config import TrainConfig
@@ -66,6 +73,7 @@ def cmd_info(args: argparse.Namespace, console: Console) -> int:
 def cmd_export(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.model.checkpoint import export_checkpoint
 
+    check_output_path(args.out, "dir", replaces=("config.json",))  # the folder is replaced whole
     path = export_checkpoint(args.checkpoint, args.out, args.dtype)
     size = sum(f.stat().st_size for f in path.iterdir()) / 1e6
     console.print(f"exported {args.checkpoint} -> {path} ({args.dtype}, {size:.1f} MB)")
@@ -75,6 +83,9 @@ def cmd_export(args: argparse.Namespace, console: Console) -> int:
 def cmd_average(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.weight_sparse.average import average_checkpoints, record_validation_loss
 
+    if len(args.checkpoints) < 2:
+        raise ValueError("average needs two or more checkpoints")
+    check_output_path(args.out, "dir", replaces=("config.json",))  # the folder is replaced whole
     with console.status("averaging checkpoints"):
         res = average_checkpoints(args.checkpoints, args.out)
     kept = f", sparse matrices projected {res.nonzeros_before:,} -> {res.nonzeros_after:,} nonzeros" if res.projected else ""

@@ -9,7 +9,15 @@ from pathlib import Path
 
 from rich.console import Console
 
-from sparsecircuits.cli.common import ParserBuilder, add_config_flags, cache_dir, collect, command_parser
+from sparsecircuits.cli.common import (
+    ParserBuilder,
+    add_config_flags,
+    cache_dir,
+    check_input_file,
+    check_output_path,
+    collect,
+    command_parser,
+)
 from sparsecircuits.viz.config import ViewConfig
 
 
@@ -33,8 +41,10 @@ def cmd_view(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.viz.report import load_model_context, write_circuit_page
 
     cfg = collect(args, ViewConfig, {})
-    circuit = Circuit.load(args.circuit)
     out = args.out or Path(args.circuit).with_suffix(".html")
+    check_output_path(out, "file")
+    check_input_file(args.task_file, "--task-file")
+    circuit = Circuit.load(args.circuit)
     t0 = time.perf_counter()
     with console.status("writing the page") as status:
         def event(msg: str) -> None:

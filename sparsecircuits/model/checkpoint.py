@@ -135,6 +135,8 @@ def read_json(path: Path) -> dict[str, Any]:
         raise CheckpointError(f"missing file {str(path)!r}") from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{str(path)!r} is not valid JSON ({e})") from None
+    except UnicodeDecodeError as e:
+        raise CheckpointError(f"{str(path)!r} is not UTF-8 text (byte at offset {e.start}), not JSON") from None
 
 
 def read_tensors(path: Path) -> dict[str, Tensor]:

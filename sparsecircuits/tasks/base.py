@@ -11,7 +11,8 @@ example, that:
   2. the two answer tokens differ;
   3. with `single_token=True` (user JSONL tasks), each continuation is exactly one token;
   4. the counterfactual prompt has as many tokens as the prompt and its answer is the incorrect token;
-  5. the prompt fits the model's context.
+  5. the prompt fits the model's context (a prompt over `max_prompt_chars(n_ctx)` characters is
+     refused before BPE; a task file's line over `max_line_bytes(n_ctx)` before it is read whole).
 Multi-token answers (`multi_token=True`, e.g. ` 12` vs ` 11` split as ` 1`+`2` / ` 1`+`1`): when the
 two continuations start with the same tokens, that shared prefix is appended to the prompt (and to
 the counterfactual prompt) and the answers are the first tokens where they differ, so the contrast is
@@ -147,6 +148,10 @@ def _shared_prefix(tok: Tokenizer, p_ids: list[int], ex: Example) -> list[int]:
 
 def _check_example(ex: Example, tok: Tokenizer, n_ctx: int, single: bool,
                    multi: bool = False) -> tuple[list[int], int, int, list[int] | None]:
+    longest = max(len(ex.prompt), len(ex.counterfactual or ""))
+    if longest > max_prompt_chars(n_ctx):  # before BPE: encoding megabytes to find they do not fit takes minutes
+        raise TaskError(f"a prompt is {longest:,} characters, more than any prompt that fits the model's context "
+                        f"of {n_ctx} tokens can have ({max_prompt_chars(n_ctx):,})")
     p_ids = tok.encode(ex.prompt, add_special_tokens=False).ids
     if not p_ids:
         raise TaskError("the prompt is empty")
@@ -258,44 +263,92 @@ def _candidates(spec: TaskSpec, n: int, seed: int) -> list[Example]:
         return spec.examples(n, seed)
 
 
-def read_jsonl_task(path: Path) -> list[Example]:
-    """User task: one JSON object per line with `prompt`, `correct`, `incorrect`, optional `counterfactual`."""
+CHARS_PER_TOKEN = 64  # no BPE token of a real vocabulary is longer: a text over CHARS_PER_TOKEN x n_ctx characters cannot fit
+
+
+def max_prompt_chars(n_ctx: int) -> int:
+    """The longest prompt (characters) that could still fit a context of `n_ctx` tokens; a longer
+    one is refused before BPE (encoding megabytes only to find they do not fit costs minutes)."""
+    return CHARS_PER_TOKEN * n_ctx
+
+
+def max_line_bytes(n_ctx: int) -> int:
+    """The longest task-file line (bytes) worth reading: a prompt and a counterfactual of
+    `max_prompt_chars` each, in UTF-8 (up to 4 bytes a character), plus the answers and the JSON."""
+    return 2 * 4 * max_prompt_chars(n_ctx) + 4096
+
+
+def read_jsonl_task(path: Path, max_line: int | None = None) -> list[Example]:
+    """User task: one JSON object per line with `prompt`, `correct`, `incorrect`, optional
+    `counterfactual`. `max_line`: refuse a line longer than this many bytes (see `max_line_bytes`)."""
+    return [ex for _, ex in _read_jsonl_lines(path, max_line)]
+
+
+def _read_jsonl_lines(path: Path, max_line: int | None) -> list[tuple[int, Example]]:
+    """(line number, example) of each non-blank line. The file is read once, line by line, in bytes:
+    a line over `max_line` bytes is refused after reading `max_line` + 2 bytes of it (a 50 MB line
+    costs no memory); every error names the file and the line."""
     path = Path(path)
     if not path.exists():
         raise TaskError(f"task file {str(path)!r} does not exist")
+    if not path.is_file():
+        raise TaskError(f"task file {str(path)!r} is not a file")
     out = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise TaskError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(obj, dict):
-            raise TaskError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
-        missing = [k for k in ("prompt", "correct", "incorrect") if not isinstance(obj.get(k), str) or not obj[k]]
-        if missing:
-            raise TaskError(f"{path}:{n}: missing or empty string field(s) {missing}")
-        unknown = sorted(set(obj) - {"prompt", "correct", "incorrect", "counterfactual"})
-        if unknown:
-            raise TaskError(f"{path}:{n}: unknown field(s) {unknown}")
-        out.append(Example(obj["prompt"], obj["correct"], obj["incorrect"], obj.get("counterfactual")))
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise TaskError(f"cannot read task file {str(path)!r} ({(e.strerror or str(e)).lower()})") from None
+    with f:
+        n = 0
+        while raw := (f.readline(max_line + 2) if max_line is not None else f.readline()):
+            n += 1
+            body = raw.rstrip(b"\r\n")
+            if max_line is not None and len(body) > max_line:
+                raise TaskError(f"{path}:{n}: line longer than {max_line:,} bytes, the most a prompt that fits the "
+                                "model's context can take; refused before reading the rest")
+            try:
+                line = body.decode("utf-8-sig" if n == 1 else "utf-8")
+            except UnicodeDecodeError as e:
+                raise TaskError(f"{path}:{n}: not UTF-8 text (byte 0x{body[e.start]:02x} at column {e.start + 1})") from None
+            if line.strip():
+                out.append((n, _parse_line(path, n, line)))
     if not out:
         raise TaskError(f"task file {str(path)!r} holds no examples")
     return out
 
 
+def _parse_line(path: Path, n: int, line: str) -> Example:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise TaskError(f"{path}:{n}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise TaskError(f"{path}:{n}: not a task example (JSON nested too deeply)") from None
+    if not isinstance(obj, dict):
+        raise TaskError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
+    missing = [k for k in ("prompt", "correct", "incorrect") if not isinstance(obj.get(k), str) or not obj[k]]
+    if missing:
+        raise TaskError(f"{path}:{n}: missing or empty string field(s) {missing}")
+    unknown = sorted(set(obj) - {"prompt", "correct", "incorrect", "counterfactual"})
+    if unknown:
+        raise TaskError(f"{path}:{n}: unknown field(s) {[u[:40] for u in unknown[:5]]}")
+    cf = obj.get("counterfactual")
+    if cf is not None and not isinstance(cf, str):
+        raise TaskError(f"{path}:{n}: counterfactual must be a string, got {type(cf).__name__}")
+    return Example(obj["prompt"], obj["correct"], obj["incorrect"], cf)
+
+
 def load_jsonl_task(path: Path, tok: Tokenizer, n_ctx: int) -> TaskData:
     """A user task from JSONL, validated strictly: answers must be single tokens in context. Errors
-    name the file and line of the bad example."""
-    examples = read_jsonl_task(path)
-    lines = [n for n, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1) if line.strip()]
-    for line, ex in zip(lines, examples):
+    name the file and line of the bad example. The file is read once; lines longer than any prompt
+    that fits `n_ctx` could be (`max_line_bytes`) are refused before BPE."""
+    rows = _read_jsonl_lines(path, max_line_bytes(n_ctx))
+    for line, ex in rows:
         try:
             _check_example(ex, tok, n_ctx, single=True)
         except TaskError as e:
             raise TaskError(f"{path}:{line} (prompt {ex.prompt[-60:]!r}): {e}") from None
-    return tokenize_task(Path(path).stem, examples, tok, n_ctx, strict=True, single_token=True)
+    return tokenize_task(Path(path).stem, [ex for _, ex in rows], tok, n_ctx, strict=True, single_token=True)
 
 
 def last_logits(logits: Float[Tensor, "n pos vocab"], lengths: Int[Tensor, " n"]) -> Float[Tensor, "n vocab"]:
