@@ -30,7 +30,7 @@ PACKAGE_DIR = Path(__file__).resolve().parent.parent / "sparsecircuits"
 # package root. Mirrors docs/architecture.md: change both together.
 LAYERS: list[tuple[str, set[str]]] = [
     ("utilities", {"atomic", "config_utils", "distributed", "lazy", "threads"}),
-    ("model/data/tasks", {"model", "data", "tasks"}),
+    ("model/data/tasks", {"model", "data", "tasks", "task_files"}),
     ("core", {"graph", "ablation", "ablation_names", "evaluate", "check"}),
     ("methods", {"dictionaries", "weight_sparse", "component_circuits", "feature_circuits", "transcoder_circuits"}),
     ("viz", {"viz"}),

@@ -23,6 +23,7 @@ from sparsecircuits.cli.common import (
     command_parser,
     train_model,
 )
+from sparsecircuits.cli.loading import precheck_task_file
 from sparsecircuits.graph import compare_sizes, geometric_mean, load_circuit_dir
 from sparsecircuits.weight_sparse.config import QUICKSTART_PRUNE, PruneConfig
 
@@ -143,15 +144,16 @@ def _retrain(args: argparse.Namespace, console: Console) -> tuple[Path, Path]:
 
 
 def cmd_prune(args: argparse.Namespace, console: Console) -> int:
+    check_tasks([args.task])
+    check_output_path(args.out, "file")  # before the prune, not after it
+    check_input_file(args.task_file, "--task-file")
+    precheck_task_file(args.task_file, args.checkpoint)  # before torch: a bad file fails in milliseconds
     from sparsecircuits.ablation import checkpoint_means
     from sparsecircuits.data.tokenizer import load_tokenizer
     from sparsecircuits.model.checkpoint import load_checkpoint
     from sparsecircuits.tasks.base import load_jsonl_task, load_task
     from sparsecircuits.weight_sparse.prune import PruneConfig, prune_task
 
-    check_tasks([args.task])
-    check_output_path(args.out, "file")  # before the prune, not after it
-    check_input_file(args.task_file, "--task-file")
     cfg = collect(args, PruneConfig, {})
     ck = load_checkpoint(args.checkpoint)
     if ck.tokenizer_path is None:
@@ -191,9 +193,6 @@ def cmd_compare(args: argparse.Namespace, console: Console) -> int:
 
 
 def cmd_tasks(args: argparse.Namespace, console: Console) -> int:
-    import sparsecircuits.tasks  # noqa: F401
-    from sparsecircuits.tasks.base import TASKS, TaskError, load_task, prompt_texts
-
     source = args.checkpoint if args.checkpoint is not None else getattr(args, "model", None)
     if args.checkpoint is not None and getattr(args, "model", None):
         raise ValueError("give either a checkpoint or --model, not both")
@@ -203,6 +202,10 @@ def cmd_tasks(args: argparse.Namespace, console: Console) -> int:
         raise ValueError(f"{'--json' if out_json is not None else '--task-file'} needs a checkpoint or --model to evaluate")
     check_output_path(out_json, "file", "--json")
     check_input_file(task_file, "--task-file")
+    precheck_task_file(task_file, source)  # before torch: a bad file fails in milliseconds
+    import sparsecircuits.tasks  # noqa: F401  (torch; registers the built-in tasks)
+    from sparsecircuits.tasks.base import TASKS, TaskError, load_task, prompt_texts
+
     table = Table(title="tasks")
     table.add_column("task")
     table.add_column("what is predicted and why it is determined")

@@ -193,11 +193,15 @@ def check_names(what: str, given: Iterable[str], known: Iterable[str], show: int
 
 
 def check_tasks(names: Iterable[str | None]) -> None:
-    """Check built-in task names against the registry (imports the tasks, not a model)."""
+    """Check built-in task names against the registry (imports the tasks, not a model; nothing when
+    no name is given, e.g. with --task-file)."""
+    given = [n for n in names if n is not None]
+    if not given:
+        return
     import sparsecircuits.tasks  # noqa: F401  (registers the built-in tasks)
     from sparsecircuits.tasks.base import TASKS
 
-    check_names("task", [n for n in names if n is not None], TASKS)
+    check_names("task", given, TASKS)
 
 
 def check_hooks(names: Iterable[str | None], model: Any) -> None:

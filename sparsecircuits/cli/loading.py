@@ -41,6 +41,24 @@ def load_model(name: str | Path) -> tuple[Any, Any, Any]:
     return pre.model.eval(), pre.tokenizer, None
 
 
+def precheck_task_file(task_file: Path | None, source: str | Path | None) -> None:
+    """Read and validate `--task-file` before torch is imported or a model loaded, so a malformed or
+    oversized file fails in milliseconds: the line cap comes from the context length in `source`'s
+    config.json (ours: `n_ctx`; HF: `n_positions` / `max_position_embeddings`). Without a readable
+    context length the check waits for the model (`tasks.base.load_jsonl_task` checks again)."""
+    if task_file is None or source is None:
+        return
+    from sparsecircuits.task_files import max_line_bytes, read_jsonl_lines
+
+    cfg = Path(source) / "config.json"
+    if not cfg.is_file():
+        return
+    raw = _read_config(cfg)
+    n_ctx = next((raw[k] for k in ("n_ctx", "n_positions", "max_position_embeddings") if isinstance(raw.get(k), int)), 0)
+    if n_ctx > 0:
+        read_jsonl_lines(Path(task_file), max_line_bytes(n_ctx))
+
+
 def _read_config(path: Path) -> dict[str, Any]:
     """A config.json as a dict; unreadable or broken JSON is an error naming the file and line."""
     try:

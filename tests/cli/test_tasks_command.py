@@ -81,3 +81,28 @@ def test_line_cap_boundary(tmp_path):
     path.write_text('{"prompt": "p", "correct": "a", "incorrect": "b"}\n' + fits.replace("xx", "xxx", 1) + "\n")
     with pytest.raises(TaskError, match=r"t\.jsonl:2: line longer than"):
         read_jsonl_task(path, cap)
+
+
+def test_a_50mb_line_is_refused_before_torch_is_imported(setup, tmp_path):
+    """The whole CLI refuses a 50 MB task line without importing torch or loading the model: the cap
+    comes from the checkpoint's config.json (`cli.loading.precheck_task_file`)."""
+    import os
+    import subprocess
+    import sys
+
+    ck, big = setup[1], tmp_path / "big.jsonl"
+    with big.open("w") as f:
+        f.write('{"prompt": "' + "x" * 50_000_000 + '", "correct": "a", "incorrect": "b"}\n')
+    code = ("import re, sys; from pathlib import Path; from sparsecircuits.cli.main import main; rc = main(sys.argv[1:]); "
+            "print('torch imported:', 'torch' in sys.modules); "  # VmHWM: this process's peak RSS (reset at exec)
+            "print('peak MB:', int(re.search(r'VmHWM:\\s+(\\d+)', Path('/proc/self/status').read_text())[1]) // 1024); "
+            "sys.exit(rc)")
+    for argv in (["tasks", str(ck), "--task-file", str(big)],
+                 ["prune", str(ck), "--task-file", str(big), "--out", str(tmp_path / "c.json")]):
+        r = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, timeout=120,
+                           env={**os.environ, "COLUMNS": "1000"})
+        assert r.returncode == 2, r.stdout + r.stderr
+        assert "big.jsonl:1: line longer than" in r.stdout
+        assert "torch imported: False" in r.stdout
+        assert int(r.stdout.split("peak MB:")[1].split()[0]) < 100  # the 50 MB line is never held in memory
+        assert not (tmp_path / "c.json").exists()
