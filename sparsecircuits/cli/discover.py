@@ -193,19 +193,6 @@ def _faithfulness_matrix(args, console, circuits, names, core) -> None:  # noqa:
     console.print(table)
 
 
-def single_token_members(tok, members: tuple[str, ...]) -> list[int] | None:  # noqa: ANN001
-    """Token ids of the longest initial run of members that are single tokens after a space (OV
-    successor scores need consecutive members; a BPE may split ' 10' but not ' 1'-' 9'), or None when
-    fewer than two are."""
-    ids = []
-    for m in members:
-        t = tok.encode(" " + m, add_special_tokens=False).ids
-        if len(t) != 1:
-            break
-        ids.append(t[0])
-    return ids if len(ids) >= 2 else None
-
-
 def cmd_heads(args: argparse.Namespace, console: Console) -> int:
     from sparsecircuits.component_circuits.head_roles import POSITION_TYPES, head_roles, ov_tokens
     from sparsecircuits.tasks.sequences import MEMBERS

@@ -127,18 +127,5 @@ def test_pipeline_from_the_cli(tmp_path, capsys):
     assert "logit lens" in capsys.readouterr().out
 
 
-def test_heads_ov_scores_use_the_single_token_members():
-    """Regression: `heads` skipped the OV successor/copy scores whenever any member (e.g. ' 10') was
-    several tokens; it now scores the initial run of single-token members (' 1'..' 9')."""
-    from sparsecircuits.cli.discover import single_token_members
-    from sparsecircuits.data.tokenizer import train_tokenizer
-
-    tok = train_tokenizer([" ".join(f"in {i}." for i in range(1, 10))] * 50, 290)
-    assert len(tok.encode(" 10").ids) == 2 and len(tok.encode(" 7").ids) == 1
-    ids = single_token_members(tok, MEMBERS["seqcont_numerals"])
-    assert ids == [tok.encode(f" {i}").ids[0] for i in range(1, 10)]
-    assert single_token_members(tok, ("ten", "eleven")) is None
-
-
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__]))
