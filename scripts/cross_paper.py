@@ -83,6 +83,8 @@ def main() -> int:
     ap.add_argument("--check-n", type=int, default=48, help="items `check` samples per circuit")
     ap.add_argument("--methods", nargs="*", default=list(METHODS), choices=METHODS,
                     help="run only these now (the tables need all: finished circuits are reused)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: print the tables from the circuits already in --out (missing cells: -)")
     args = ap.parse_args()
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -95,7 +97,7 @@ def main() -> int:
     for task, kind, method in itertools.product(tasks, ("sparse", "dense"), METHODS):
         model = str(ASSETS / kind)
         path = out / f"{task}-{kind}-{method}.json"
-        if not path.exists() and method not in args.methods:
+        if not path.exists() and (method not in args.methods or args.report_only):
             continue
         if not path.exists():
             if method == "prune":
@@ -117,16 +119,18 @@ def main() -> int:
                      "n_edges": len(c["edges"]), "pearson": chk.get("pearson"), "spearman": chk.get("spearman"),
                      "sign_agreement": chk.get("sign_agreement"), "check_items": chk.get("items")})
     wall = time.perf_counter() - t_start
-    if len(rows) < len(tasks) * 2 * len(METHODS):
+    complete = len(rows) == len(tasks) * 2 * len(METHODS)
+    if not complete and not args.report_only:
         print(f"{len(rows)} of {len(tasks) * 2 * len(METHODS)} circuits done; rerun with every method for the tables")
         return 0
     by = {(r["task"], r["model"], r["method"]): r for r in rows}
     agreement = []
     for task, kind in itertools.product(tasks, ("sparse", "dense")):
         for a, b in itertools.combinations(METHODS, 2):
-            agreement.append({"task": task, "model": kind, "a": a, "b": b,
-                              "iou": iou(set(by[task, kind, a]["components"]), set(by[task, kind, b]["components"]))})
-    summary = {"tasks": tasks, "rows": rows, "agreement": agreement, "wall_s": round(wall, 1),
+            if (task, kind, a) in by and (task, kind, b) in by:
+                agreement.append({"task": task, "model": kind, "a": a, "b": b, "iou": iou(
+                    set(by[task, kind, a]["components"]), set(by[task, kind, b]["components"]))})
+    summary = {"tasks": tasks, "complete": complete, "rows": rows, "agreement": agreement, "wall_s": round(wall, 1),
                "load_avg": os.getloadavg(), "cpus": os.cpu_count(),
                "note": "edges: prune = weight edges between channels; component methods = component-graph edges"}
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -134,13 +138,17 @@ def main() -> int:
     def f(x: float | None, nd: int = 2) -> str:
         return "–" if x is None else f"{x:.{nd}f}"
 
+    def g(x: int | None) -> str:
+        return "–" if x is None else str(x)
+
     print("\n| task | method | components sparse / dense | edges sparse / dense | dense/sparse edges | check r sparse / dense |")
     print("|---|---|---|---|---|---|")
+    missing = {"n_components": None, "n_edges": None, "pearson": None}
     for task, method in itertools.product(tasks, METHODS):
-        s, d = by[task, "sparse", method], by[task, "dense", method]
-        ratio = d["n_edges"] / s["n_edges"] if s["n_edges"] else None
-        print(f"| {task} | {method} | {s['n_components']} / {d['n_components']} | {s['n_edges']} / {d['n_edges']} | "
-              f"{f(ratio, 1)} | {f(s['pearson'])} / {f(d['pearson'])} |")
+        s, d = by.get((task, "sparse", method), missing), by.get((task, "dense", method), missing)
+        ratio = d["n_edges"] / s["n_edges"] if s["n_edges"] and d["n_edges"] is not None else None
+        print(f"| {task} | {method} | {g(s['n_components'])} / {g(d['n_components'])} | {g(s['n_edges'])} / "
+              f"{g(d['n_edges'])} | {f(ratio, 1)} | {f(s['pearson'])} / {f(d['pearson'])} |")
     print("\n| methods | component IoU, sparse (mean over tasks) | dense |")
     print("|---|---|---|")
     for a, b in itertools.combinations(METHODS, 2):
