@@ -35,7 +35,7 @@ class DictTrainConfig:
     seed: int = opt(0, "seed of the initialisation, the token windows and the shuffling")
     ckpt_every: int = opt(0, "steps between checkpoints (0 = only at the end)")
     log_every: int = opt(10, "steps between lines of metrics.jsonl")
-    threads: int = opt(0, "torch CPU threads (0 = leave torch's default)")
+    threads: int = opt(0, "torch CPU threads (0 = the process default: one, or SPARSECIRCUITS_THREADS)")
 
     def __post_init__(self) -> None:
         self.resample_at = tuple(float(f) for f in self.resample_at)

@@ -56,7 +56,7 @@ class TrainConfig:
     log_every: int = opt(10, "steps between lines of metrics.jsonl")
     device: str = opt("auto", "torch device: auto (cuda if available) | cpu | cuda | cuda:N")
     precision: str = opt("auto", f"compute precision: {' | '.join(PRECISIONS)} (auto = bf16 on GPU, fp32 on CPU)")
-    threads: int = opt(0, "CPU threads for torch (0 = torch's default)")
+    threads: int = opt(0, "CPU threads for torch (0 = the process default: one, or SPARSECIRCUITS_THREADS)")
     compile: bool = opt(False, "torch.compile the forward pass (mostly useful on GPU; on CPU it needs a C++ compiler)")
     fused_adam: bool = opt(True, "use the fused Adam kernel when training on CUDA (never on CPU)")
     init_from: str = opt("", "checkpoint folder whose weights start the run: continued training with a fresh "
