@@ -1,11 +1,14 @@
 """The capability-interpretability frontier of a sweep (Gao et al. 2025): one point per model,
 validation (pretraining) loss on x, geometric mean of task-circuit edges on y (log), both lower =
 better, weight-sparse and dense models marked apart and each point labelled with its run name. The
-lower-left envelope (Pareto front) of each family is drawn as a step line.
+lower-left envelope (Pareto front) of each family is drawn as a step line. With several pruning
+seeds, each point's vertical bar spans the geometric means of the seeds taken one at a time.
 
 `frontier_plot` needs matplotlib (the `viz` extra, imported lazily); `write_frontier_report` writes
-`frontier.png` (when matplotlib is there) and a self-contained `frontier.html` (the quickstart index
-style: escaped table, notes, the PNG embedded as a data URI, no network) into the sweep folder.
+`frontier.png` (when matplotlib is there), a self-contained `frontier.html` (the quickstart index
+style: escaped table, notes, the PNG embedded as a data URI, no network) and `frontier.md` (the
+Markdown tables docs/frontier.md quotes: per model, and per model and task with circuit / full /
+empty-circuit losses) into the sweep folder.
 """
 
 from __future__ import annotations
@@ -50,6 +53,7 @@ def frontier_plot(result: SweepResult, path: Path) -> bytes:
     """Validation loss vs geomean circuit edges, one labelled point per model; writes a PNG."""
     plt = _pyplot()
     pts = frontier_points(result)
+    metric = frontier_metric(result)
     fig, ax = plt.subplots(figsize=(7.0, 4.6))
     fracs = sorted({r.run.weight_frac for r, _, _ in pts if not r.run.dense})
     cmap = plt.get_cmap("viridis")
@@ -63,6 +67,10 @@ def frontier_plot(result: SweepResult, path: Path) -> bytes:
                 off = r.run.act_sparsity >= 1
                 style = dict(marker="o", color=color, markerfacecolor="white" if off else color)
             ax.plot([x], [y], ls="none", markersize=6 + r.run.width / 32, **style)
+            if metric == "geomean_common" and len(r.geomean_common_by_seed) > 1:
+                lo, hi = min(r.geomean_common_by_seed), max(r.geomean_common_by_seed)
+                ax.errorbar([x], [y], yerr=[[max(0.0, y - lo)], [max(0.0, hi - y)]], fmt="none",
+                            ecolor=style["color"], elinewidth=1, capsize=3)
             ax.annotate(r.run.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=7)
         front = pareto([(x, y) for _, x, y in fam])
         if len(front) > 1:
@@ -74,9 +82,9 @@ def frontier_plot(result: SweepResult, path: Path) -> bytes:
     ax.plot([], [], "s", color="#333333", label="dense baseline")
     ax.set_yscale("log")
     if pts:  # geomeans are >= 1 (an empty circuit counts as one edge)
-        ax.set_ylim(0.7, 2.0 * max(y for _, _, y in pts))
+        top = max([y for _, _, y in pts] + [v for r, _, _ in pts for v in r.geomean_common_by_seed])
+        ax.set_ylim(0.7, 2.0 * top)
     ax.set_xlabel("validation loss (nats/token)  \u2190 more capable")
-    metric = frontier_metric(result)
     which = (f"{len(result.common_tasks)} task(s) every model reaches" if metric == "geomean_common"
              else "all tasks, unreached at relaxed target")
     ax.set_ylabel(f"geomean circuit edges ({which})  \u2190 more interpretable", fontsize=8)
@@ -104,6 +112,37 @@ def table_rows(result: SweepResult) -> tuple[list[str], list[list[Any]]]:
     return columns, rows
 
 
+def _num(v: float | None, fmt: str = "{:,.0f}") -> str:
+    return "–" if v is None else fmt.format(v)
+
+
+def frontier_markdown(result: SweepResult) -> str:
+    """Two Markdown tables: per model (the figure's numbers, with the seed range of the y value),
+    and per model and task (edges per seed; circuit / full / empty-circuit task loss; full-model
+    accuracy; reached = at the absolute target at every seed)."""
+    cfg = result.config
+    lines = [f"Frontier tasks (every model reaches them at target {cfg.prune.target_loss:g} at every pruning seed, "
+             f"every full model >= {cfg.min_accuracy:g} accuracy): {', '.join(result.common_tasks) or 'none'}.", "",
+             "| run | d_model | L0 target | L0 measured | AbsTopK | val loss | geomean edges (frontier tasks) | "
+             "range over pruning seeds | tasks reached |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in result.rows:
+        seeds = r.geomean_common_by_seed
+        spread = f"{min(seeds):,.0f}–{max(seeds):,.0f}" if len(seeds) > 1 else "–"
+        lines.append(f"| {r.run.name} | {r.run.width} | {'dense' if r.run.dense else f'{r.run.weight_frac:.4g}'} | "
+                     f"{_num(r.hidden_kept, '{:.4f}')} | {_act(r.run.act_sparsity)} | {_num(r.val_loss, '{:.3f}')} | "
+                     f"{_num(r.geomean_common)} | {spread} | {r.n_reached}/{len(cfg.tasks)} |")
+    lines += ["", "| run | task | edges per pruning seed | circuit / full / empty loss | full accuracy | reached |",
+              "|---|---|---|---|---|---|"]
+    for r in result.rows:
+        for t in r.tasks.values():
+            lines.append(f"| {r.run.name} | {t.task} | {', '.join(f'{e:,}' for e in t.edges_by_seed)} | "
+                         f"{t.circuit_loss:.3f} / {t.full_loss:.3f} / {t.empty_loss:.3f} | {t.full_accuracy:.2f} | "
+                         f"{'yes' if t.reached else 'no'} |")
+        for task, err in r.errors.items():
+            lines.append(f"| {r.run.name} | {task} | not pruned: {err} | | | |")
+    return "\n".join(lines) + "\n"
+
+
 def write_frontier_report(result: SweepResult) -> Path:
     """Write `frontier.png` (with matplotlib) and `frontier.html` into the sweep folder; returns the page."""
     out = Path(result.out_dir)
@@ -124,7 +163,9 @@ def write_frontier_report(result: SweepResult) -> Path:
     else:
         notes.append("plot not drawn: install the `viz` extra (matplotlib)")
     columns, rows = table_rows(result)
-    links = [{t: f"runs/{r.run.name}/circuits/{t}.json" for t in r.tasks} for r in result.rows]
+    links = [{t: f"runs/{r.run.name}/circuits/{t}-s{res.seeds[0]}.json" for t, res in r.tasks.items()}
+             for r in result.rows]
+    atomic_write_text(out / "frontier.md", frontier_markdown(result))
     page = out / "frontier.html"
     atomic_write_text(page, render_index("sparsecircuits sweep: capability vs interpretability", columns, rows,
                                          links, notes, images))

@@ -171,14 +171,18 @@ class SweepConfig:
     steps: int = opt(300, "optimizer steps per model")
     batch_size: int = opt(16, "sequences per step")
     lr: float = opt(0.0, "peak learning rate; 0 = the preset's")
+    lr_by_width: tuple[float, ...] = opt((), "peak learning rate per width, in the order of widths (empty = lr for all)")
     seed: int = opt(0, "seed of every run")
     val_batches: int = opt(8, "validation batches for the final validation loss (same windows for every model)")
     ckpt_every: int = opt(100, "steps between checkpoints (a killed sweep resumes from the newest)")
     tasks: tuple[str, ...] = opt(("single_double_quote", "bracket_type"), "tasks pruned on every model")
     n_examples: int = opt(128, "examples per task (half train the gates, half held out for the bisection)")
+    pruning_seeds: tuple[int, ...] = opt((0,), "seeds of the pruning (gate init and batch order; replaces prune.seed): one circuit each, spread = error bars")
+    min_accuracy: float = opt(0.9, "a task enters the frontier only if every full model's held-out accuracy on it is at least this")
+    workers: int = opt(0, "processes training/pruning at once (0 = one per CPU core); results do not depend on it")
     data: DataConfig = opt(DataConfig(vocab_size=1024), "training corpus and tokenizer, shared by every model")
-    # Node ablation effects are not needed for circuit sizes and cost one forward per node: off by default.
-    prune: PruneConfig = opt(PruneConfig(max_effect_nodes=0), "pruning settings, the same for every model and task")
+    # The CLI's own defaults (`sparsecircuits prune`): the frontier is a statement about the tool users run.
+    prune: PruneConfig = opt(PruneConfig(), "pruning settings, the same for every model and task (seed: see pruning_seeds)")
 
     def __post_init__(self) -> None:
         # CLI flags arrive as strings, JSON as lists.
@@ -186,6 +190,8 @@ class SweepConfig:
         self.weight_fracs = tuple(float(f) for f in self.weight_fracs)
         self.act_sparsities = tuple(float(a) for a in self.act_sparsities)
         self.tasks = tuple(str(t) for t in self.tasks)
+        self.lr_by_width = tuple(float(v) for v in self.lr_by_width)
+        self.pruning_seeds = tuple(int(v) for v in self.pruning_seeds)
         if isinstance(self.data, dict):
             self.data = DataConfig(**self.data)
         if isinstance(self.prune, dict):
@@ -193,6 +199,11 @@ class SweepConfig:
         require_at_least(self, 1, "n_layers", "d_head", "mlp_ratio", "steps", "batch_size", "val_batches")
         if self.ckpt_every < 0 or self.lr < 0 or self.embed_ratio <= 0 or self.n_ctx < 8 or self.n_examples < 4:
             raise ValueError("SweepConfig needs ckpt_every >= 0, lr >= 0, embed_ratio > 0, n_ctx >= 8, n_examples >= 4")
+        if self.lr_by_width and (len(self.lr_by_width) != len(self.widths) or min(self.lr_by_width) <= 0):
+            raise ValueError(f"SweepConfig.lr_by_width needs one learning rate > 0 per width {self.widths}, "
+                             f"got {self.lr_by_width}")
+        if not self.pruning_seeds or self.workers < 0 or not 0 <= self.min_accuracy <= 1:
+            raise ValueError("SweepConfig needs at least one pruning seed, workers >= 0 and min_accuracy in [0, 1]")
         bad_w = [w for w in self.widths if w < self.d_head or w % self.d_head]
         if not self.widths or bad_w:
             raise ValueError(f"SweepConfig.widths must be non-empty multiples of d_head={self.d_head}, got {self.widths}")
@@ -200,7 +211,7 @@ class SweepConfig:
             raise ValueError(f"SweepConfig.weight_fracs must be in (0, 1) (dense models: dense_baselines), got {self.weight_fracs}")
         if any(not 0 < a <= 1 for a in (*self.act_sparsities, self.dense_act_sparsity)):
             raise ValueError("SweepConfig.act_sparsities and dense_act_sparsity must be in (0, 1] (1 = off)")
-        for name in ("widths", "weight_fracs", "act_sparsities", "tasks"):
+        for name in ("widths", "weight_fracs", "act_sparsities", "tasks", "pruning_seeds"):
             values = getattr(self, name)
             if len(set(values)) != len(values):
                 raise ValueError(f"SweepConfig.{name} holds duplicates: {values}")

@@ -9,17 +9,24 @@ over tasks of the circuit size (edges) that pruning needs to reach a target task
   2. for each run, train it in `out_dir/runs/<name>/` with the ordinary `run.train_run`, resuming
      from its newest checkpoint when a previous sweep was killed half way; a run whose final
      checkpoint exists is not touched. Validation loss is read from the final checkpoint;
-  3. prune every task on every model (`weight_sparse.prune.prune_task`, mean ablation over the
-     pretraining corpus, same `PruneConfig` for all) and save `runs/<name>/circuits/<task>.json`; a
-     circuit file made with the same pruning settings is reused, a deleted one is recomputed;
-  4. summarise: a task is *reached* by a model when its circuit hits the absolute target loss
-     (`PruneConfig.target_loss`); pruning a model that cannot reach it aims for its own loss + slack,
-     and that circuit is recorded but not counted as reached. Two geometric means of edges per model:
-     `geomean_common` over the tasks that *every* model of the sweep reaches (the headline and the
-     frontier's y axis: same tasks for every point) and `geomean_all` over every task, unreached
-     ones at their relaxed-target size (not comparable across models; shown for completeness);
+  3. prune every task on every model once per pruning seed (`weight_sparse.prune.prune_task`, the
+     CLI's code and defaults, mean ablation over the pretraining corpus, the same `PruneConfig` for
+     all but its seed) and save `runs/<name>/circuits/<task>-s<seed>.json`; a circuit file made with
+     the same pruning settings is reused, a deleted one is recomputed;
+  4. summarise: a task is *reached* by a model when its circuits hit the absolute target loss
+     (`PruneConfig.target_loss`) at every pruning seed; pruning a model that cannot reach it aims for
+     its own loss + slack, and that circuit is recorded but not counted as reached. A task's size is
+     the geometric mean of its edges over the seeds. Two geometric means of edges per model:
+     `geomean_common` over the tasks that *every* model reaches and on which every full model has
+     held-out accuracy >= `min_accuracy` (the headline and the frontier's y axis: same tasks for
+     every point; its spread over pruning seeds, `geomean_common_by_seed`, gives the error bars) and
+     `geomean_all` over every task, unreached ones at their relaxed-target size (not comparable
+     across models; shown for completeness);
   5. after every trained run and every circuit, `sweep.json` (config, per-run state and results)
      is rewritten atomically. The files are the source of truth, so a rerun skips finished work.
+With `workers` > 1 the trainings and prunes run in that many spawned processes (one torch thread
+each; a model's prunes start when it is trained); every job writes the same files as the serial
+path, so the results do not depend on the number of workers.
 The library never prints: progress goes to `on_event(message)` and `on_step(run_name, StepReport)`.
 """
 
@@ -27,8 +34,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -88,8 +98,9 @@ def run_spec(cfg: SweepConfig, run: SweepRun) -> RunSpec:
     train = {**preset.train, "steps": cfg.steps, "batch_size": cfg.batch_size, "seed": cfg.seed,
              "dense": run.dense, "val_every": 0, "val_batches": cfg.val_batches, "ckpt_every": cfg.ckpt_every,
              "keep_checkpoints": 1, "log_every": 10}
-    if cfg.lr:
-        train["lr"] = cfg.lr
+    lr = cfg.lr_by_width[cfg.widths.index(run.width)] if cfg.lr_by_width else cfg.lr
+    if lr:
+        train["lr"] = lr
     if not run.dense:
         train.update(weight_frac=run.weight_frac, embed_frac=run.embed_frac)
     return RunSpec(ModelConfig(**model), TrainConfig(**train), cfg.data)
@@ -97,16 +108,22 @@ def run_spec(cfg: SweepConfig, run: SweepRun) -> RunSpec:
 
 @dataclass
 class TaskResult:
+    """One task on one model, over the sweep's pruning seeds (one circuit each)."""
+
     task: str
-    n_nodes: int
-    n_edges: int
-    reached: bool  # circuit loss <= the absolute target (prune.target_loss)
+    n_nodes: float  # mean over seeds
+    n_edges: float  # geometric mean over seeds (an empty circuit counts as 1)
+    reached: bool  # circuit loss <= the absolute target (prune.target_loss) at every seed
     target_used: float  # the target bisection aimed for (relaxed when the model cannot reach the absolute one)
-    circuit_loss: float
+    circuit_loss: float  # mean over seeds
     full_loss: float
-    full_accuracy: float
+    full_accuracy: float  # held-out accuracy of the full model
     empty_loss: float  # every node mean-ablated: below the target, the task needs no circuit (bigram table, biases)
-    seconds: float
+    seconds: float  # pruning time, all seeds
+    seeds: list[int] = field(default_factory=list)
+    edges_by_seed: list[int] = field(default_factory=list)
+    circuit_loss_by_seed: list[float] = field(default_factory=list)
+    reached_by_seed: list[bool] = field(default_factory=list)
 
 
 @dataclass
@@ -116,9 +133,10 @@ class RunRow:
     trained: bool
     val_loss: float | None
     hidden_kept: float | None  # measured nonzero fraction of the hidden matrices
-    tasks: dict[str, TaskResult] = field(default_factory=dict)
+    tasks: dict[str, TaskResult] = field(default_factory=dict)  # tasks with a circuit for every pruning seed
     errors: dict[str, str] = field(default_factory=dict)  # task -> why it could not be pruned
     geomean_common: float | None = None  # over the tasks every model reaches (the frontier's y axis)
+    geomean_common_by_seed: list[float] = field(default_factory=list)  # the same per pruning seed (error bars)
     geomean_all: float | None = None  # over every pruned task, unreached at their relaxed-target size
 
     @property
@@ -131,8 +149,8 @@ class SweepResult:
     out_dir: Path
     config: SweepConfig
     rows: list[RunRow]
-    common_tasks: list[str]  # reached by every model
-    complete: bool  # every run trained and every task pruned
+    common_tasks: list[str]  # reached by every model, every full model accurate enough
+    complete: bool  # every run trained and every task pruned at every seed
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
@@ -143,8 +161,10 @@ class SweepResult:
             rows.append(d)
         return {"format": FORMAT, "config": self.config.to_dict(), "complete": self.complete,
                 "common_tasks": self.common_tasks, "seconds": self.seconds, "runs": rows,
-                "geomean_note": "geomean_common: edges over tasks every model reaches at prune.target_loss; "
-                                "geomean_all: over every task, unreached ones at their relaxed target (full loss + slack)"}
+                "geomean_note": "geomean_common: edges over tasks every model reaches at prune.target_loss at every "
+                                "pruning seed, with every full model's accuracy >= min_accuracy; per task the geometric "
+                                "mean over seeds; geomean_common_by_seed: the same per seed; geomean_all: over every "
+                                "task, unreached ones at their relaxed target (full loss + slack)"}
 
 
 def load_state(out_dir: Path) -> dict[str, Any] | None:
@@ -153,20 +173,25 @@ def load_state(out_dir: Path) -> dict[str, Any] | None:
     return ckpt.read_json(path) if path.exists() else None
 
 
+# Fields that may differ from a saved sweep's: the grid may grow, and these do not change any result.
+_MAY_CHANGE = ("widths", "weight_fracs", "act_sparsities", "dense_baselines", "tasks", "pruning_seeds",
+               "workers", "min_accuracy", "lr_by_width")
+
+
 def _check_compatible(cfg: SweepConfig, out_dir: Path) -> None:
     saved = load_state(out_dir)
     if saved is None:
         return
     old = SweepConfig(**saved["config"])
-    keep = ("widths", "weight_fracs", "act_sparsities", "dense_baselines", "tasks")  # the grid may grow
-    diffs = config_diff(old, cfg, ignore=keep)
+    diffs = config_diff(old, cfg, ignore=_MAY_CHANGE)
     if diffs:
         raise ValueError(f"{str(out_dir)!r} holds a sweep with other settings ({'; '.join(diffs)}); "
-                         "use another --out or the same settings (only the grid and tasks may change)")
+                         "use another --out or the same settings (only the grid, tasks and seeds may change)")
 
 
 def _final_checkpoint(spec: RunSpec, run_dir: Path) -> tuple[Path | None, int]:
-    """The newest checkpoint of a run and its step; a saved run with other settings is an error."""
+    """The newest checkpoint of a run and its step; a saved run with other settings is an error
+    (this also catches a per-width learning rate changed under a trained run)."""
     steps = ckpt.list_steps(run_dir)
     if not steps:
         return None, 0
@@ -184,17 +209,32 @@ def _hidden_kept(model: Any) -> float:
     return float(sum(int((w != 0).sum()) for w in ws) / max(1, sum(w.numel() for w in ws)))
 
 
-def _task_result(circuit: Circuit, cfg: PruneConfig) -> TaskResult:
-    md = circuit.metadata
-    target = float(md["target_loss_used"])
-    reached = bool(md["reached_target"]) and md["losses"]["circuit"] <= cfg.target_loss
-    return TaskResult(str(md["task"]), int(md["n_nodes"]), int(md["n_edges"]), reached, target,
-                      float(md["losses"]["circuit"]), float(md["losses"]["full"]), float(md["accuracy"]["full"]),
-                      float(md["losses"]["empty"]), float(md.get("sweep_seconds", 0.0)))
+def circuit_path(run_dir: Path, task: str, seed: int) -> Path:
+    """Where a run's circuit for one task and pruning seed is saved."""
+    return Path(run_dir) / "circuits" / f"{task}-s{seed}.json"
 
 
-def _reusable(path: Path, cfg: SweepConfig) -> Circuit | None:
-    """A saved circuit made with this sweep's pruning settings and example count, else None."""
+def _seed_cfg(cfg: SweepConfig, seed: int) -> PruneConfig:
+    return dataclasses.replace(cfg.prune, seed=seed)
+
+
+def _task_result(task: str, circuits: list[tuple[int, Circuit]], cfg: PruneConfig) -> TaskResult:
+    """Aggregate one task's circuits over pruning seeds."""
+    mds = [c.metadata for _, c in circuits]
+    reached = [bool(md["reached_target"]) and md["losses"]["circuit"] <= cfg.target_loss for md in mds]
+    edges = [int(md["n_edges"]) for md in mds]
+    losses = [float(md["losses"]["circuit"]) for md in mds]
+    first = mds[0]
+    size = float(edges[0]) if len(edges) == 1 else geometric_mean([float(e) for e in edges])
+    return TaskResult(task, sum(int(md["n_nodes"]) for md in mds) / len(mds), size,
+                      all(reached), float(first["target_loss_used"]), sum(losses) / len(losses),
+                      float(first["losses"]["full"]), float(first["accuracy"]["full"]), float(first["losses"]["empty"]),
+                      sum(float(md.get("sweep_seconds", 0.0)) for md in mds), [s for s, _ in circuits], edges, losses,
+                      reached)
+
+
+def _reusable(path: Path, cfg: SweepConfig, seed: int) -> Circuit | None:
+    """A saved circuit made with this sweep's pruning settings (at this seed) and example count, else None."""
     if not path.exists():
         return None
     try:
@@ -202,59 +242,116 @@ def _reusable(path: Path, cfg: SweepConfig) -> Circuit | None:
     except ValueError:
         return None  # unreadable: recompute
     md = c.metadata
-    same = md.get("hyperparameters") == dataclasses.asdict(cfg.prune) and md.get("sweep_n_examples") == cfg.n_examples
+    same = md.get("hyperparameters") == dataclasses.asdict(_seed_cfg(cfg, seed)) and md.get("sweep_n_examples") == cfg.n_examples
     return c if same else None
 
 
 Event = Callable[[str], None]
 
 
-def _prune_run(row: RunRow, cfg: SweepConfig, run_dir: Path, cache_dir: Path, on_event: Event,
-               save: Callable[[], None]) -> None:
-    """Step 3 for one trained run: prune every task whose circuit file is missing or stale."""
-    from sparsecircuits.ablation import checkpoint_means
-    from sparsecircuits.data.tokenizer import load_tokenizer
+class _Loaded:
+    """A trained run's model, tokenizer and mean baselines, loaded on first use."""
+
+    def __init__(self, run_dir: Path, cache_dir: Path) -> None:
+        self.run_dir, self.cache_dir = run_dir, cache_dir
+        self.value: tuple[Any, Any, Any] | None = None
+
+    def get(self) -> tuple[Any, Any, Any]:
+        if self.value is None:
+            from sparsecircuits.ablation import checkpoint_means
+            from sparsecircuits.data.tokenizer import load_tokenizer
+
+            ck = ckpt.load_checkpoint(self.run_dir)
+            assert ck.tokenizer_path is not None  # train_run always saves it
+            tok = load_tokenizer(ck.tokenizer_path)
+            self.value = (ck.model.eval(), tok, checkpoint_means(ck.model, ck.meta, tok, self.cache_dir))
+        return self.value
+
+
+def _prune_one(loaded: _Loaded, run_name: str, task: str, seed: int, cfg: SweepConfig) -> str | None:
+    """Prune one task at one seed and save its circuit; returns why it could not be pruned, or None."""
     from sparsecircuits.tasks.base import TaskError, load_task
     from sparsecircuits.weight_sparse.prune import prune_task
 
-    loaded = None
+    model, tok, means = loaded.get()
+    t0 = time.perf_counter()
+    try:
+        data = load_task(task, tok, model.cfg.n_ctx, n=cfg.n_examples)
+    except TaskError as e:
+        return str(e)
+    circuit = prune_task(model, data, _seed_cfg(cfg, seed), means=means).circuit
+    circuit.metadata.update(model=str(loaded.run_dir), sweep_run=run_name, sweep_n_examples=cfg.n_examples,
+                            sweep_seconds=time.perf_counter() - t0)
+    circuit.save(circuit_path(loaded.run_dir, task, seed))
+    return None
+
+
+def _collect(row: RunRow, cfg: SweepConfig, run_dir: Path) -> list[tuple[str, int]]:
+    """Fill `row.tasks` from the circuit files there are; returns the (task, seed) pairs still to prune."""
+    todo = []
     for task in cfg.tasks:
-        path = run_dir / "circuits" / f"{task}.json"
-        circuit = _reusable(path, cfg)
-        if circuit is not None:
-            row.tasks[task] = _task_result(circuit, cfg.prune)
+        if task in row.errors:
             continue
-        if loaded is None:
-            ck = ckpt.load_checkpoint(run_dir)
-            assert ck.tokenizer_path is not None  # train_run always saves it
-            tok = load_tokenizer(ck.tokenizer_path)
-            loaded = (ck.model.eval(), tok, checkpoint_means(ck.model, ck.meta, tok, cache_dir))
-        model, tok, means = loaded
-        on_event(f"{row.run.name}: pruning {task}")
-        t0 = time.perf_counter()
-        try:
-            data = load_task(task, tok, model.cfg.n_ctx, n=cfg.n_examples)
-        except TaskError as e:
-            row.errors[task] = str(e)
-            on_event(f"{row.run.name}: {task} skipped ({e})")
-            continue
-        circuit = prune_task(model, data, cfg.prune, means=means).circuit
-        circuit.metadata.update(model=str(run_dir), sweep_run=row.run.name, sweep_n_examples=cfg.n_examples,
-                                sweep_seconds=time.perf_counter() - t0)
-        circuit.save(path)
-        row.tasks[task] = res = _task_result(circuit, cfg.prune)
-        on_event(f"{row.run.name}: {task} {res.n_nodes} nodes, {res.n_edges} edges, circuit loss "
-                 f"{res.circuit_loss:.3f} ({'reached' if res.reached else 'NOT reached'} {cfg.prune.target_loss:g})")
-        save()
+        have = []
+        for seed in cfg.pruning_seeds:
+            c = _reusable(circuit_path(run_dir, task, seed), cfg, seed)
+            if c is None:
+                todo.append((task, seed))
+            else:
+                have.append((seed, c))
+        if len(have) == len(cfg.pruning_seeds):
+            row.tasks[task] = _task_result(task, have, cfg.prune)
+    return todo
 
 
-def summarise(rows: list[RunRow], tasks: tuple[str, ...]) -> list[str]:
-    """Step 4: fill the geometric means of every row; returns the tasks every model reaches."""
-    common = [t for t in tasks if rows and all(t in r.tasks and r.tasks[t].reached for r in rows)]
+def _done_message(row: RunRow, task: str, cfg: SweepConfig) -> str:
+    t = row.tasks[task]
+    seeds = f" (seeds {', '.join(map(str, t.edges_by_seed))})" if len(t.seeds) > 1 else ""
+    return (f"{row.run.name}: {task} {t.n_nodes:.0f} nodes, {t.n_edges:.0f} edges{seeds}, circuit loss "
+            f"{t.circuit_loss:.3f} ({'reached' if t.reached else 'NOT reached'} {cfg.prune.target_loss:g})")
+
+
+def summarise(rows: list[RunRow], tasks: tuple[str, ...], min_accuracy: float = 0.0) -> list[str]:
+    """Step 4: fill the geometric means of every row; returns the tasks of the frontier (reached by
+    every model, and every full model's held-out accuracy >= min_accuracy)."""
+    common = [t for t in tasks if rows and all(t in r.tasks and r.tasks[t].reached
+                                               and r.tasks[t].full_accuracy >= min_accuracy for r in rows)]
     for r in rows:
         r.geomean_common = geometric_mean([float(r.tasks[t].n_edges) for t in common]) if common else None
+        n_seeds = min((len(r.tasks[t].edges_by_seed) for t in common), default=0)
+        r.geomean_common_by_seed = [geometric_mean([float(r.tasks[t].edges_by_seed[i]) for t in common])
+                                    for i in range(n_seeds)]
         r.geomean_all = geometric_mean([float(t.n_edges) for t in r.tasks.values()]) if r.tasks else None
     return common
+
+
+def _train_job(spec: dict[str, Any], run_dir: str, cache_dir: str, resume: bool) -> None:
+    """One training in a worker process (spawned: top level, plain arguments)."""
+    train_run(RunSpec.from_dict(spec), Path(run_dir), Path(cache_dir), resume=resume)
+
+
+def _prune_job(cfg: dict[str, Any], run_name: str, run_dir: str, cache_dir: str, task: str, seed: int) -> str | None:
+    """One prune in a worker process; the circuit is saved where the serial path saves it."""
+    return _prune_one(_Loaded(Path(run_dir), Path(cache_dir)), run_name, task, seed, SweepConfig(**cfg))
+
+
+def _last_step_report(run_dir: Path, total: int) -> StepReport | None:
+    """The newest line of a run's metrics.jsonl as a StepReport (progress of a run in a worker)."""
+    path = run_dir / "metrics.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+        rec = json.loads(lines[-1]) if lines else None
+    except (OSError, ValueError):
+        return None  # not written yet, or a line being written
+    if not rec:
+        return None
+    return StepReport(int(rec["step"]), total, float(rec["loss"]), float(rec["lr"]), float(rec["kept_hidden"]),
+                      float(rec["tokens_per_s"]), rec.get("val_loss"))
+
+
+def n_workers(cfg: SweepConfig) -> int:
+    """Processes the sweep uses: `cfg.workers`, 0 = one per CPU core."""
+    return cfg.workers or os.cpu_count() or 1
 
 
 def run_sweep(
@@ -268,8 +365,9 @@ def run_sweep(
     on_run_done: Callable[[RunRow], None] | None = None,
 ) -> SweepResult:
     """Train, prune and summarise a sweep (see the module docstring), resuming whatever is in
-    `out_dir`. `should_stop(run_name, step)` ends the sweep early as a kill would (`complete` False);
-    `on_run_done(row)` is called when a model is trained and all its tasks are pruned."""
+    `out_dir`. `should_stop(run_name, step)` ends the sweep early as a kill would (`complete` False;
+    it needs the serial path, so it forces one worker); `on_run_done(row)` is called when a model
+    is trained and all its tasks are pruned."""
     t0 = time.perf_counter()
     out_dir, cache_dir = Path(out_dir), Path(cache_dir)
     _check_compatible(cfg, out_dir)
@@ -277,33 +375,120 @@ def run_sweep(
     result = SweepResult(out_dir, cfg, rows, [], False, 0.0)
 
     def save() -> None:
-        result.common_tasks = summarise(rows, cfg.tasks)
+        result.common_tasks = summarise(rows, cfg.tasks, cfg.min_accuracy)
         result.seconds = time.perf_counter() - t0
         atomic_write_text(out_dir / STATE, json.dumps(result.to_dict(), indent=1))
 
-    for row in rows:
-        spec, run_dir = run_spec(cfg, row.run), out_dir / "runs" / row.run.name
+    def trained(row: RunRow, spec: RunSpec, run_dir: Path) -> None:
         last, step = _final_checkpoint(spec, run_dir)
-        if step < cfg.steps:
-            on_event(f"{row.run.name}: resuming from step {step}" if last else f"{row.run.name}: training")
-            stop = None if should_stop is None else (lambda s, n=row.run.name: should_stop(n, s))
-            step_cb = None if on_step is None else (lambda r, n=row.run.name: on_step(n, r))
-            res = train_run(spec, run_dir, cache_dir, resume=last is not None, on_step=step_cb, should_stop=stop)
-            if res.stopped_early:
-                row.step = res.step
-                save()
-                on_event(f"{row.run.name}: stopped at step {res.step}; rerun to resume")
-                return result
-            last, step = _final_checkpoint(spec, run_dir)
         assert last is not None
         ck = ckpt.load_checkpoint(last)
         row.step, row.trained = step, True
         row.val_loss = ck.meta.get("metrics", {}).get("val_loss")
         row.hidden_kept = _hidden_kept(ck.model)
         save()
-        _prune_run(row, cfg, run_dir, cache_dir, on_event, save)
-        if on_run_done is not None:
-            on_run_done(row)
+
+    workers = 1 if should_stop is not None else n_workers(cfg)
+    if workers > 1:
+        _run_parallel(cfg, rows, out_dir, cache_dir, workers, save, trained, on_event, on_step, on_run_done)
+    else:
+        for row in rows:
+            spec, run_dir = run_spec(cfg, row.run), out_dir / "runs" / row.run.name
+            last, step = _final_checkpoint(spec, run_dir)
+            if step < cfg.steps:
+                on_event(f"{row.run.name}: resuming from step {step}" if last else f"{row.run.name}: training")
+                stop = None if should_stop is None else (lambda s, n=row.run.name: should_stop(n, s))
+                step_cb = None if on_step is None else (lambda r, n=row.run.name: on_step(n, r))
+                res = train_run(spec, run_dir, cache_dir, resume=last is not None, on_step=step_cb, should_stop=stop)
+                if res.stopped_early:
+                    row.step = res.step
+                    save()
+                    on_event(f"{row.run.name}: stopped at step {res.step}; rerun to resume")
+                    return result
+            trained(row, spec, run_dir)
+            loaded = _Loaded(run_dir, cache_dir)
+            for task, seed in _collect(row, cfg, run_dir):
+                on_event(f"{row.run.name}: pruning {task} (seed {seed})")
+                err = _prune_one(loaded, row.run.name, task, seed, cfg)
+                if err is not None:
+                    row.errors[task] = err
+                    on_event(f"{row.run.name}: {task} skipped ({err})")
+                    continue
+                had = task in row.tasks
+                _collect(row, cfg, run_dir)
+                if task in row.tasks and not had:
+                    on_event(_done_message(row, task, cfg))
+                save()
+            if on_run_done is not None:
+                on_run_done(row)
     result.complete = all(r.trained and len(r.tasks) + len(r.errors) == len(cfg.tasks) for r in rows)
     save()
     return result
+
+
+def _run_parallel(cfg: SweepConfig, rows: list[RunRow], out_dir: Path, cache_dir: Path, workers: int,
+                  save: Callable[[], None], trained: Callable[[RunRow, RunSpec, Path], None], on_event: Event,
+                  on_step: Callable[[str, StepReport], None] | None,
+                  on_run_done: Callable[[RunRow], None] | None) -> None:
+    """Trainings and prunes in `workers` spawned processes; the widest models train first (they take
+    longest), and a model's prunes are queued as soon as it is trained."""
+    from sparsecircuits.data.batches import prepare_data
+
+    prepare_data(cfg.data, cache_dir)  # tokenizer and token files once, before the workers read them
+    cfg_dict = cfg.to_dict()
+    pending: dict[Future[Any], tuple[str, RunRow, str, int]] = {}
+    open_prunes: dict[str, int] = {}
+    specs = {r.run.name: run_spec(cfg, r.run) for r in rows}
+    dirs = {r.run.name: out_dir / "runs" / r.run.name for r in rows}
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+
+        def queue_prunes(row: RunRow) -> None:
+            todo = _collect(row, cfg, dirs[row.run.name])
+            open_prunes[row.run.name] = len(todo)
+            for task, seed in todo:
+                on_event(f"{row.run.name}: pruning {task} (seed {seed})")
+                fut = pool.submit(_prune_job, cfg_dict, row.run.name, str(dirs[row.run.name]), str(cache_dir), task, seed)
+                pending[fut] = ("prune", row, task, seed)
+            if not todo and on_run_done is not None:
+                on_run_done(row)
+
+        for row in sorted(rows, key=lambda r: -r.run.width):  # stable: grid order within a width
+            name = row.run.name
+            last, step = _final_checkpoint(specs[name], dirs[name])
+            if step < cfg.steps:
+                on_event(f"{name}: resuming from step {step}" if last else f"{name}: training")
+                fut = pool.submit(_train_job, specs[name].to_dict(), str(dirs[name]), str(cache_dir), last is not None)
+                pending[fut] = ("train", row, "", 0)
+            else:
+                trained(row, specs[name], dirs[name])
+                queue_prunes(row)
+        while pending:
+            done, _ = wait(list(pending), timeout=2.0, return_when=FIRST_COMPLETED)
+            if on_step is not None:
+                for kind, row, _, _ in pending.values():
+                    if kind == "train":
+                        rep = _last_step_report(dirs[row.run.name], cfg.steps)
+                        if rep is not None:
+                            on_step(row.run.name, rep)
+            for fut in done:
+                kind, row, task, _ = pending.pop(fut)
+                name = row.run.name
+                if kind == "train":
+                    fut.result()  # a failed training raises here, as it would in the serial path
+                    trained(row, specs[name], dirs[name])
+                    queue_prunes(row)
+                    continue
+                err = fut.result()
+                if err is not None:
+                    row.errors[task] = err
+                    on_event(f"{name}: {task} skipped ({err})")
+                else:
+                    had = task in row.tasks
+                    _collect(row, cfg, dirs[name])
+                    if task in row.tasks and not had:  # its last seed just finished
+                        on_event(_done_message(row, task, cfg))
+                save()
+                open_prunes[name] -= 1
+                if open_prunes[name] == 0 and on_run_done is not None:
+                    on_run_done(row)

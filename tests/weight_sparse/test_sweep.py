@@ -1,6 +1,7 @@
 """Sweeps: grid expansion, validation, and a micro sweep end to end (resume, recompute, kill, CLI)."""
 
 import copy
+import dataclasses
 import json
 import shutil
 
@@ -8,7 +9,7 @@ import pytest
 
 from sparsecircuits.cli import main
 from sparsecircuits.data.corpus import DataConfig
-from sparsecircuits.graph import geometric_mean
+from sparsecircuits.graph import Circuit, geometric_mean
 from sparsecircuits.model.checkpoint import list_steps
 from sparsecircuits.viz.frontier import pareto, write_frontier_report
 from sparsecircuits.viz.plots import matplotlib_available
@@ -24,7 +25,7 @@ from sparsecircuits.weight_sparse.sweep import (
 
 MICRO = dict(widths=(32,), weight_fracs=(0.25,), act_sparsities=(0.25,), n_layers=1, n_ctx=32, steps=20,
              batch_size=4, val_batches=1, ckpt_every=5, tasks=("single_double_quote",), n_examples=16,
-             prune=PruneConfig(steps=3, batch_size=8, max_effect_nodes=0))
+             prune=PruneConfig(steps=3, batch_size=8, max_effect_nodes=0), workers=1)
 SPARSE, DENSE = "d32-w0.25-a0.25", "d32-dense"
 
 
@@ -58,6 +59,9 @@ def test_grid_names_dense_baselines_and_specs():
     same = expand_grid(SweepConfig(widths=(32, 64), weight_fracs=(0.25,), match_nonzeros=True, dense_baselines=False))
     assert [(r.name, r.weight_frac) for r in same] == [("d32-w0.25-a0.25", 0.25), ("d64-w0.0625-a0.25", 0.0625)]
     assert len(expand_grid(SweepConfig(widths=("32",), weight_fracs=(), dense_baselines=True))) == 1  # CLI strings
+    per_width = SweepConfig(widths=(32, 64), weight_fracs=(0.25,), lr=0.05, lr_by_width=(0.02, 0.01))
+    assert [run_spec(per_width, r).train.lr for r in expand_grid(per_width)] == [0.02, 0.02, 0.01, 0.01]
+    assert run_spec(SweepConfig(widths=(32,), lr=0.05), expand_grid(SweepConfig(widths=(32,)))[0]).train.lr == 0.05
 
 
 @pytest.mark.parametrize("kw, match", [
@@ -71,6 +75,12 @@ def test_grid_names_dense_baselines_and_specs():
     (dict(tasks=("no_such_task",)), "unknown task"),
     (dict(steps=0), "steps"),
     (dict(preset="huge"), "unknown preset"),
+    (dict(lr_by_width=(0.01,)), "lr_by_width"),
+    (dict(widths=(32,), lr_by_width=(0.0,)), "lr_by_width"),
+    (dict(pruning_seeds=()), "pruning seed"),
+    (dict(pruning_seeds=(1, 1)), "duplicates"),
+    (dict(min_accuracy=1.5), "min_accuracy"),
+    (dict(workers=-1), "workers"),
 ])
 def test_config_validation(kw, match):
     with pytest.raises(ValueError, match=match):
@@ -86,7 +96,7 @@ def test_micro_sweep_writes_state_and_frontier(swept):
     for r, saved in zip(result.rows, state["runs"]):
         assert r.trained and r.step == 20 and isinstance(r.val_loss, float)
         t = r.tasks["single_double_quote"]
-        assert (root / "a" / "runs" / r.run.name / "circuits" / "single_double_quote.json").exists()
+        assert (root / "a" / "runs" / r.run.name / "circuits" / "single_double_quote-s0.json").exists()
         assert saved["tasks"]["single_double_quote"]["n_edges"] == t.n_edges
         assert r.geomean_all == geometric_mean([float(t.n_edges)]) and t.empty_loss > 0
     assert result.rows[0].hidden_kept < 0.3 and result.rows[1].hidden_kept == 1.0
@@ -102,7 +112,7 @@ def test_rerun_is_a_noop_and_a_deleted_circuit_is_recomputed(swept):
     again = run_sweep(cfg, root / "a", root / "cache", on_event=events.append)
     assert events == [] and again.complete
     assert [r.val_loss for r in again.rows] == [r.val_loss for r in result.rows]
-    (root / "a" / "runs" / DENSE / "circuits" / "single_double_quote.json").unlink()
+    (root / "a" / "runs" / DENSE / "circuits" / "single_double_quote-s0.json").unlink()
     third = run_sweep(cfg, root / "a", root / "cache", on_event=events.append)
     assert [e.split(":")[0] for e in events] == [DENSE, DENSE] and "pruning" in events[0]
     assert third.rows[1].tasks["single_double_quote"].n_edges == result.rows[1].tasks["single_double_quote"].n_edges
@@ -145,6 +155,11 @@ def test_summary_uses_only_tasks_every_model_reaches(swept):
     rows[1].tasks["single_double_quote"].reached = False
     assert summarise(rows, ("single_double_quote", "extra")) == ["extra"]
     assert rows[0].geomean_common == pytest.approx(100.0)
+    # a task a full model gets below min_accuracy on is left out of the frontier, even when reached
+    rows[0].tasks["extra"].full_accuracy, rows[1].tasks["extra"].full_accuracy = 1.0, 0.5
+    assert summarise(rows, ("single_double_quote", "extra"), min_accuracy=0.9) == []
+    assert rows[0].geomean_common is None and rows[0].geomean_common_by_seed == []
+    assert summarise(rows, ("single_double_quote", "extra"), min_accuracy=0.5) == ["extra"]
     assert pareto([(3.0, 10.0), (2.0, 50.0), (4.0, 5.0), (3.5, 20.0)]) == [(2.0, 50.0), (3.0, 10.0), (4.0, 5.0)]
 
 
@@ -158,3 +173,46 @@ def test_cli_sweep_prints_the_table(swept, capsys):
     assert main(args) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert SPARSE in out and DENSE in out and "frontier.html" in out
+
+
+def test_pruning_seeds_give_error_bars_and_the_markdown_tables(swept):
+    cfg, root, result, _ = swept
+    seeded = root / "seeded"
+    shutil.copytree(root / "a", seeded)
+    two = dataclasses.replace(cfg, pruning_seeds=(0, 1))
+    events = []
+    res = run_sweep(two, seeded, root / "cache", on_event=events.append)
+    # seed 0's circuits are reused, seed 1's are new
+    assert [e for e in events if "pruning" in e] == [f"{SPARSE}: pruning single_double_quote (seed 1)",
+                                                     f"{DENSE}: pruning single_double_quote (seed 1)"]
+    for r, before in zip(res.rows, result.rows):
+        t = r.tasks["single_double_quote"]
+        assert t.seeds == [0, 1] and len(t.edges_by_seed) == 2 and len(t.circuit_loss_by_seed) == 2
+        assert t.edges_by_seed[0] == before.tasks["single_double_quote"].n_edges
+        assert t.n_edges == pytest.approx(geometric_mean([float(e) for e in t.edges_by_seed]))
+        assert t.reached == all(t.reached_by_seed)
+        saved = Circuit.load(seeded / "runs" / r.run.name / "circuits" / "single_double_quote-s1.json")
+        assert saved.metadata["hyperparameters"]["seed"] == 1
+    # every model reaching the task makes it a frontier task with one geomean per seed
+    rows = copy.deepcopy(res.rows)
+    for r in rows:
+        r.tasks["single_double_quote"].reached, r.tasks["single_double_quote"].full_accuracy = True, 1.0
+    assert summarise(rows, two.tasks, 0.9) == ["single_double_quote"]
+    assert rows[0].geomean_common_by_seed == pytest.approx(
+        [geometric_mean([float(e)]) for e in rows[0].tasks["single_double_quote"].edges_by_seed])
+    write_frontier_report(res)
+    md = (seeded / "frontier.md").read_text()
+    assert f"| {SPARSE} | single_double_quote | " in md and "| run | task | edges per pruning seed |" in md
+
+
+@pytest.mark.slow
+def test_parallel_sweep_equals_the_serial_one(swept):
+    """Two worker processes: the same models (validation losses) and circuits as the serial sweep."""
+    cfg, root, result, _ = swept
+    events = []
+    par = run_sweep(dataclasses.replace(cfg, workers=2), root / "par", root / "cache", on_event=events.append)
+    assert par.complete
+    assert [r.val_loss for r in par.rows] == [r.val_loss for r in result.rows]
+    for a, b in zip(par.rows, result.rows):
+        assert a.tasks["single_double_quote"].edges_by_seed == b.tasks["single_double_quote"].edges_by_seed
+    assert sorted(e.split(":")[0] for e in events if "training" in e) == sorted([SPARSE, DENSE])
