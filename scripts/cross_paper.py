@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import os
 import subprocess
 import sys
@@ -69,6 +70,11 @@ def components(circuit: dict, method: str) -> set[str]:
         elif site.endswith(("mlp.hook_post", "mlp.hook_pre")):
             out.add(f"L{layer}.mlp")
     return out
+
+
+def geometric_mean(values: list[float]) -> float:
+    """Gao et al.'s summary of circuit sizes over tasks (an empty circuit counts as 1)."""
+    return math.exp(sum(math.log(max(v, 1.0)) for v in values) / len(values))
 
 
 def iou(a: set[str], b: set[str]) -> float | None:
@@ -149,6 +155,16 @@ def main() -> int:
         ratio = d["n_edges"] / s["n_edges"] if s["n_edges"] and d["n_edges"] is not None else None
         print(f"| {task} | {method} | {g(s['n_components'])} / {g(d['n_components'])} | {g(s['n_edges'])} / "
               f"{g(d['n_edges'])} | {f(ratio, 1)} | {f(s['pearson'])} / {f(d['pearson'])} |")
+    print("\n| method | geometric mean edges, sparse / dense (tasks with both) | dense/sparse | components, sparse / dense |")
+    print("|---|---|---|---|")
+    for method in METHODS:
+        both = [t for t in tasks if (t, "sparse", method) in by and (t, "dense", method) in by]
+        if not both:
+            print(f"| {method} | – | – | – |")
+            continue
+        gs, gd = (geometric_mean([by[t, k, method]["n_edges"] for t in both]) for k in ("sparse", "dense"))
+        cs, cd = (geometric_mean([by[t, k, method]["n_components"] for t in both]) for k in ("sparse", "dense"))
+        print(f"| {method} | {gs:,.0f} / {gd:,.0f} ({len(both)} tasks) | {gd / gs:.1f} | {cs:.1f} / {cd:.1f} |")
     print("\n| methods | component IoU, sparse (mean over tasks) | dense |")
     print("|---|---|---|")
     for a, b in itertools.combinations(METHODS, 2):
