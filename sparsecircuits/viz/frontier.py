@@ -121,7 +121,7 @@ def frontier_markdown(result: SweepResult) -> str:
     and per model and task (edges per seed; circuit / full / empty-circuit task loss; full-model
     accuracy; reached = at the absolute target at every seed)."""
     cfg = result.config
-    lines = [f"Frontier tasks (every model reaches them at target {cfg.prune.target_loss:g} at every pruning seed, "
+    lines = [f"Frontier tasks (every model reaches them at target {cfg.frontier_target or cfg.prune.target_loss:g} at every pruning seed, "
              f"every full model >= {cfg.min_accuracy:g} accuracy): {', '.join(result.common_tasks) or 'none'}.", "",
              "| run | d_model | L0 target | L0 measured | AbsTopK | val loss | geomean edges (frontier tasks) | "
              "range over pruning seeds | tasks reached |", "|---|---|---|---|---|---|---|---|---|"]
@@ -131,6 +131,19 @@ def frontier_markdown(result: SweepResult) -> str:
         lines.append(f"| {r.run.name} | {r.run.width} | {'dense' if r.run.dense else f'{r.run.weight_frac:.4g}'} | "
                      f"{_num(r.hidden_kept, '{:.4f}')} | {_act(r.run.act_sparsity)} | {_num(r.val_loss, '{:.3f}')} | "
                      f"{_num(r.geomean_common)} | {spread} | {r.n_reached}/{len(cfg.tasks)} |")
+    if cfg.prune.extra_targets:
+        from sparsecircuits.weight_sparse.sweep import frontier_at, target_key
+
+        targets = sorted({cfg.prune.target_loss, *cfg.prune.extra_targets})
+        lines += ["", "The frontier at every pruning target (the same gates bisected to each loss): frontier tasks "
+                  "and geometric-mean edges per model.", "",
+                  "| target | frontier tasks | " + " | ".join(r.run.name for r in result.rows) + " |",
+                  "|---|---|" + "---|" * len(result.rows)]
+        for t in targets:
+            key = "" if t == cfg.prune.target_loss else target_key(t)
+            common, sizes = frontier_at(result.rows, cfg.tasks, cfg.min_accuracy, key)
+            lines.append(f"| {t:g} | {', '.join(common) or 'none'} | "
+                         + " | ".join(_num(sizes[r.run.name][0]) for r in result.rows) + " |")
     lines += ["", "| run | task | edges per pruning seed | circuit / full / empty loss | full accuracy | reached |",
               "|---|---|---|---|---|---|"]
     for r in result.rows:

@@ -114,6 +114,7 @@ class PruneConfig:
     init_std: float = opt(0.01, "std of the gate initialisation")
     target_loss: float = opt(0.15, "task loss (nats) the discretised circuit must reach")
     target_slack: float = opt(0.05, "when the full model's held-out loss is above target_loss, aim for full loss + this instead")
+    extra_targets: tuple[float, ...] = opt((), "also bisect the same gates to these task losses and record each circuit's size (metadata sizes_at_targets)")
     baseline: str = opt("mean", f"value of pruned nodes: {' | '.join(BASELINES)}")
     calibrate: bool = opt(False, "fit a logit scale and per-answer shift (16 LBFGS steps) when evaluating")
     effect_examples: int = opt(32, "held-out examples used for each node's single-ablation effect")
@@ -126,6 +127,9 @@ class PruneConfig:
             raise ValueError(f"PruneConfig.baseline must be one of {BASELINES}, got {self.baseline!r}")
         if self.target_slack < 0:
             raise ValueError(f"PruneConfig.target_slack must be >= 0, got {self.target_slack}")
+        self.extra_targets = tuple(float(t) for t in self.extra_targets)  # CLI strings, JSON lists
+        if any(t <= 0 for t in self.extra_targets):
+            raise ValueError(f"PruneConfig.extra_targets must be > 0, got {self.extra_targets}")
         if self.init_mean <= 0 or self.temperature <= 0 or self.lr <= 0 or self.target_loss <= 0:
             raise ValueError("PruneConfig.init_mean, temperature, lr and target_loss must be > 0")
 
@@ -179,6 +183,7 @@ class SweepConfig:
     n_examples: int = opt(128, "examples per task (half train the gates, half held out for the bisection)")
     pruning_seeds: tuple[int, ...] = opt((0,), "seeds of the pruning (gate init and batch order; replaces prune.seed): one circuit each, spread = error bars")
     min_accuracy: float = opt(0.9, "a task enters the frontier only if every full model's held-out accuracy on it is at least this")
+    frontier_target: float = opt(0.0, "task loss the frontier is drawn at: 0 = prune.target_loss, else one of prune.extra_targets (re-summarises only, no re-pruning)")
     workers: int = opt(0, "processes training/pruning at once (0 = one per CPU core); results do not depend on it")
     data: DataConfig = opt(DataConfig(vocab_size=1024), "training corpus and tokenizer, shared by every model")
     # The CLI's own defaults (`sparsecircuits prune`): the frontier is a statement about the tool users run.
@@ -204,6 +209,9 @@ class SweepConfig:
                              f"got {self.lr_by_width}")
         if not self.pruning_seeds or self.workers < 0 or not 0 <= self.min_accuracy <= 1:
             raise ValueError("SweepConfig needs at least one pruning seed, workers >= 0 and min_accuracy in [0, 1]")
+        if self.frontier_target and self.frontier_target not in (self.prune.target_loss, *self.prune.extra_targets):
+            raise ValueError(f"SweepConfig.frontier_target {self.frontier_target:g} must be prune.target_loss "
+                             f"({self.prune.target_loss:g}) or one of prune.extra_targets {self.prune.extra_targets}")
         bad_w = [w for w in self.widths if w < self.d_head or w % self.d_head]
         if not self.widths or bad_w:
             raise ValueError(f"SweepConfig.widths must be non-empty multiples of d_head={self.d_head}, got {self.widths}")

@@ -16,6 +16,9 @@ Nodes are the scalar channels of the eight sites per layer (`ablation.prune_site
      whose task loss on held-out examples is <= target_loss (default 0.15 nats; for a model whose own
      held-out loss is above that, full loss + target_slack, recorded as `target_loss_used`); optionally with a
      logit scale + per-answer-token shift fitted by 16 LBFGS steps ("calibration");
+     With `extra_targets`, the same order is bisected again for each of those losses (gate training,
+     most of a prune, does not depend on the target) and each circuit's size is recorded in
+     `metadata["sizes_at_targets"]` (a target below the full model's own loss is recorded unreached);
   4. report the circuit: nodes with their single-node ablation effect (metric(circuit) - metric(circuit
      without the node), mean logit difference; exact, many nodes per batched forward), edges = nonzero weights between kept nodes plus the
      residual identities (`weight_edges.circuit_edges`), and the losses of the circuit, the full
@@ -126,10 +129,11 @@ def bisect_k(task: MaskedTask, order: Tensor, target: float, calibrate: bool,
              known: dict[int, Evaluation] | None = None) -> Bisection:
     """Step 3: smallest k whose top-k circuit has task loss <= target (bisection, assumes monotone).
     `known` holds evaluations already made on `task` with the same `calibrate` (e.g. k = all nodes
-    and k = 0, the full model and the empty circuit): they are reused, not run again."""
+    and k = 0, the full model and the empty circuit): they are reused, not run again, and the ones
+    made here are added to it (so bisections of one order to several targets share them)."""
     n = len(order)
     trace: list[dict[str, float]] = []
-    cache: dict[int, Evaluation] = dict(known or {})
+    cache: dict[int, Evaluation] = known if known is not None else {}  # shared: later bisections reuse it
 
     def loss_at(k: int) -> float:
         if k not in cache:
@@ -243,7 +247,10 @@ def prune_task(
         zeros = {s.hook: torch.zeros(s.shape) for s in sites}
         full, empty = held.evaluate(ones, cfg.calibrate), held.evaluate(zeros, cfg.calibrate)
         target = cfg.target_loss if full.loss <= cfg.target_loss else full.loss + cfg.target_slack
-        bis = bisect_k(held, order, target, cfg.calibrate, known={len(order): full, 0: empty})
+        known = {len(order): full, 0: empty}
+        bis = bisect_k(held, order, target, cfg.calibrate, known=known)
+        others = [(t, bisect_k(held, order, t, cfg.calibrate, known=known) if full.loss <= t else None)
+                  for t in cfg.extra_targets]
         flat_on = torch.zeros(len(order))
         flat_on[order[: bis.k]] = 1.0
         nodes = kept_nodes(flat_on, sites)
@@ -257,6 +264,16 @@ def prune_task(
             p.requires_grad_(r)
     answers = torch.cat([data.correct, data.incorrect]).tolist()
     extra, edges = circuit_edges(model, nodes, sites, answers)
+    at_targets = []
+    for t, b in others:
+        if b is None:  # the full model itself is above this loss
+            at_targets.append({"target": t, "reached": False, "n_nodes": None, "n_edges": None, "loss": None})
+            continue
+        on = torch.zeros(len(order))
+        on[order[: b.k]] = 1.0
+        kept = kept_nodes(on, sites)
+        at_targets.append({"target": t, "reached": b.reached, "n_nodes": len(kept),
+                           "n_edges": len(circuit_edges(model, kept, sites, answers)[1]), "loss": b.evaluation.loss})
     metadata = {
         "task": data.name,
         "method": "learned-mask pruning (Gao et al. 2025)",
@@ -270,6 +287,7 @@ def prune_task(
         "accuracy": {"circuit": circ.accuracy, "full": full.accuracy, "empty": empty.accuracy},
         "logit_diff": {"circuit": circ.logit_diff, "full": full.logit_diff, "empty": empty.logit_diff},
         "bisection": bis.trace,
+        "sizes_at_targets": at_targets,
         "hyperparameters": dataclasses.asdict(cfg),
         "n_examples": {"train": len(train_idx), "held_out": len(eval_idx)},
         "answer_tokens": list(data.answer_strings),

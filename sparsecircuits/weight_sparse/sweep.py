@@ -120,10 +120,15 @@ class TaskResult:
     full_accuracy: float  # held-out accuracy of the full model
     empty_loss: float  # every node mean-ablated: below the target, the task needs no circuit (bigram table, biases)
     seconds: float  # pruning time, all seeds
+    main_target: float = 0.15  # prune.target_loss (the absolute target `reached` refers to)
     seeds: list[int] = field(default_factory=list)
     edges_by_seed: list[int] = field(default_factory=list)
     circuit_loss_by_seed: list[float] = field(default_factory=list)
     reached_by_seed: list[bool] = field(default_factory=list)
+    # Per extra target loss ("0.3", prune.extra_targets; the main target is the fields above): edges
+    # per seed (None where the full model is above that loss) and whether every seed reached it.
+    edges_at_targets: dict[str, list[int | None]] = field(default_factory=dict)
+    reached_at_targets: dict[str, bool] = field(default_factory=dict)
 
 
 @dataclass
@@ -175,7 +180,7 @@ def load_state(out_dir: Path) -> dict[str, Any] | None:
 
 # Fields that may differ from a saved sweep's: the grid may grow, and these do not change any result.
 _MAY_CHANGE = ("widths", "weight_fracs", "act_sparsities", "dense_baselines", "tasks", "pruning_seeds",
-               "workers", "min_accuracy", "lr_by_width")
+               "workers", "min_accuracy", "lr_by_width", "frontier_target")
 
 
 def _check_compatible(cfg: SweepConfig, out_dir: Path) -> None:
@@ -226,11 +231,30 @@ def _task_result(task: str, circuits: list[tuple[int, Circuit]], cfg: PruneConfi
     losses = [float(md["losses"]["circuit"]) for md in mds]
     first = mds[0]
     size = float(edges[0]) if len(edges) == 1 else geometric_mean([float(e) for e in edges])
+    at_edges: dict[str, list[int | None]] = {}
+    at_reached: dict[str, bool] = {}
+    for md in mds:
+        for entry in md.get("sizes_at_targets", []):
+            key = target_key(float(entry["target"]))
+            if key == target_key(cfg.target_loss):
+                continue
+            at_edges.setdefault(key, []).append(entry["n_edges"])
+            at_reached[key] = at_reached.get(key, True) and bool(entry["reached"])
     return TaskResult(task, sum(int(md["n_nodes"]) for md in mds) / len(mds), size,
                       all(reached), float(first["target_loss_used"]), sum(losses) / len(losses),
                       float(first["losses"]["full"]), float(first["accuracy"]["full"]), float(first["losses"]["empty"]),
-                      sum(float(md.get("sweep_seconds", 0.0)) for md in mds), [s for s, _ in circuits], edges, losses,
-                      reached)
+                      sum(float(md.get("sweep_seconds", 0.0)) for md in mds), cfg.target_loss, [s for s, _ in circuits],
+                      edges, losses, reached, at_edges, at_reached)
+
+
+def target_key(loss: float) -> str:
+    """How a target loss is named in `TaskResult.edges_at_targets` and sweep.json."""
+    return f"{loss:g}"
+
+
+def frontier_key(cfg: SweepConfig) -> str:
+    """The target the frontier is drawn at (`SweepConfig.frontier_target`, default the pruning target)."""
+    return target_key(cfg.frontier_target or cfg.prune.target_loss)
 
 
 def _reusable(path: Path, cfg: SweepConfig, seed: int) -> Circuit | None:
@@ -242,7 +266,8 @@ def _reusable(path: Path, cfg: SweepConfig, seed: int) -> Circuit | None:
     except ValueError:
         return None  # unreadable: recompute
     md = c.metadata
-    same = md.get("hyperparameters") == dataclasses.asdict(_seed_cfg(cfg, seed)) and md.get("sweep_n_examples") == cfg.n_examples
+    settings = json.loads(json.dumps(dataclasses.asdict(_seed_cfg(cfg, seed))))  # as saved: lists, not tuples
+    same = md.get("hyperparameters") == settings and md.get("sweep_n_examples") == cfg.n_examples
     return c if same else None
 
 
@@ -311,16 +336,39 @@ def _done_message(row: RunRow, task: str, cfg: SweepConfig) -> str:
             f"{t.circuit_loss:.3f} ({'reached' if t.reached else 'NOT reached'} {cfg.prune.target_loss:g})")
 
 
-def summarise(rows: list[RunRow], tasks: tuple[str, ...], min_accuracy: float = 0.0) -> list[str]:
-    """Step 4: fill the geometric means of every row; returns the tasks of the frontier (reached by
-    every model, and every full model's held-out accuracy >= min_accuracy)."""
-    common = [t for t in tasks if rows and all(t in r.tasks and r.tasks[t].reached
+def frontier_at(rows: list[RunRow], tasks: tuple[str, ...], min_accuracy: float, key: str
+                ) -> tuple[list[str], dict[str, tuple[float | None, list[float]]]]:
+    """The frontier at one target (`target_key`; "" = the pruning target itself): the tasks every
+    model reaches there at every seed,
+    with every full model's accuracy >= min_accuracy, and per run (geomean edges over them, the same
+    per seed)."""
+
+    def at(t: TaskResult) -> tuple[bool, list[int | None]]:
+        if key in t.edges_at_targets:
+            return t.reached_at_targets[key], t.edges_at_targets[key]
+        return (t.reached, list(t.edges_by_seed)) if key in ("", target_key(t.main_target)) else (False, [])
+
+    common = [t for t in tasks if rows and all(t in r.tasks and at(r.tasks[t])[0]
                                                and r.tasks[t].full_accuracy >= min_accuracy for r in rows)]
+    out: dict[str, tuple[float | None, list[float]]] = {}
     for r in rows:
-        r.geomean_common = geometric_mean([float(r.tasks[t].n_edges) for t in common]) if common else None
-        n_seeds = min((len(r.tasks[t].edges_by_seed) for t in common), default=0)
-        r.geomean_common_by_seed = [geometric_mean([float(r.tasks[t].edges_by_seed[i]) for t in common])
-                                    for i in range(n_seeds)]
+        if not common:
+            out[r.run.name] = (None, [])
+            continue
+        per_task = [[float(e or 0) for e in at(r.tasks[t])[1]] for t in common]
+        n_seeds = min(len(e) for e in per_task)
+        out[r.run.name] = (geometric_mean([geometric_mean(e) if len(e) > 1 else max(e[0], 1.0) for e in per_task]),
+                           [geometric_mean([e[i] for e in per_task]) for i in range(n_seeds)])
+    return common, out
+
+
+def summarise(rows: list[RunRow], tasks: tuple[str, ...], min_accuracy: float = 0.0, key: str | None = None) -> list[str]:
+    """Step 4: fill the geometric means of every row at target `key` (default: each row's main
+    pruning target); returns the tasks of the frontier (reached by every model, and every full
+    model's held-out accuracy >= min_accuracy)."""
+    common, sizes = frontier_at(rows, tasks, min_accuracy, "" if key is None else key)
+    for r in rows:
+        r.geomean_common, r.geomean_common_by_seed = sizes[r.run.name]
         r.geomean_all = geometric_mean([float(t.n_edges) for t in r.tasks.values()]) if r.tasks else None
     return common
 
@@ -375,7 +423,7 @@ def run_sweep(
     result = SweepResult(out_dir, cfg, rows, [], False, 0.0)
 
     def save() -> None:
-        result.common_tasks = summarise(rows, cfg.tasks, cfg.min_accuracy)
+        result.common_tasks = summarise(rows, cfg.tasks, cfg.min_accuracy, frontier_key(cfg))
         result.seconds = time.perf_counter() - t0
         atomic_write_text(out_dir / STATE, json.dumps(result.to_dict(), indent=1))
 

@@ -334,3 +334,20 @@ def test_fast_pruning_gives_the_reference_circuit(baseline, monkeypatch):
         assert value == pytest.approx(slow.circuit.scores[node_id], abs=1e-5)
     torch.testing.assert_close(fast.gates.tau, slow.gates.tau, atol=1e-5, rtol=0)
     assert torch.equal(fast.gates.order(), slow.gates.order())
+
+
+def test_extra_targets_bisect_the_same_gates(setup):
+    """Sizes at extra targets equal what a prune at that target finds (same seed, same gates), the
+    main target repeated gives the main circuit, and a target below the full loss is unreached."""
+    model, data, means = setup
+    base = dict(steps=150, lr=0.02)
+    res = prune_task(model, data, PruneConfig(**base, extra_targets=(0.15, 0.5, 1e-9)), means=means)
+    md = res.circuit.metadata
+    same, loose, impossible = md["sizes_at_targets"]
+    assert (same["n_nodes"], same["n_edges"], same["reached"]) == (md["n_nodes"], md["n_edges"], True)
+    alone = prune_task(model, data, PruneConfig(**base, target_loss=0.5), means=means).circuit.metadata
+    assert (loose["n_nodes"], loose["n_edges"]) == (alone["n_nodes"], alone["n_edges"])
+    assert loose["loss"] == pytest.approx(alone["losses"]["circuit"]) and loose["n_nodes"] <= same["n_nodes"]
+    assert impossible == {"target": 1e-9, "reached": False, "n_nodes": None, "n_edges": None, "loss": None}
+    with pytest.raises(ValueError, match="extra_targets"):
+        PruneConfig(extra_targets=(0.0,))

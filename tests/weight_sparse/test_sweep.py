@@ -150,7 +150,8 @@ def test_summary_uses_only_tasks_every_model_reaches(swept):
     rows = copy.deepcopy(swept[2].rows)
     t = rows[0].tasks["single_double_quote"]
     for r in rows:
-        r.tasks["extra"] = type(t)(**{**t.__dict__, "task": "extra", "reached": True, "n_edges": 100})
+        r.tasks["extra"] = type(t)(**{**t.__dict__, "task": "extra", "reached": True, "n_edges": 100,
+                                      "edges_by_seed": [100]})
     rows[0].tasks["single_double_quote"].reached = True
     rows[1].tasks["single_double_quote"].reached = False
     assert summarise(rows, ("single_double_quote", "extra")) == ["extra"]
@@ -216,3 +217,27 @@ def test_parallel_sweep_equals_the_serial_one(swept):
     for a, b in zip(par.rows, result.rows):
         assert a.tasks["single_double_quote"].edges_by_seed == b.tasks["single_double_quote"].edges_by_seed
     assert sorted(e.split(":")[0] for e in events if "training" in e) == sorted([SPARSE, DENSE])
+
+
+def test_extra_targets_give_the_frontier_at_each_target_without_re_pruning(swept):
+    cfg, root, result, _ = swept
+    out = root / "targets"  # pruning settings are part of a sweep's identity: a fresh folder
+    loose = dataclasses.replace(cfg, prune=dataclasses.replace(cfg.prune, extra_targets=(3.0,)), min_accuracy=0.0)
+    events = []
+    res = run_sweep(dataclasses.replace(loose, frontier_target=3.0), out, root / "cache", on_event=events.append)
+    assert sum("pruning" in e for e in events) == 2  # one prune per model gives both targets
+    for r in res.rows:
+        t = r.tasks["single_double_quote"]
+        assert t.reached_at_targets["3"] and len(t.edges_at_targets["3"]) == 1
+        assert t.edges_at_targets["3"][0] <= t.edges_by_seed[0]  # a looser target never needs more
+    assert res.common_tasks == ["single_double_quote"]  # every full model is below 3 nats
+    assert res.rows[0].geomean_common == pytest.approx(max(1.0, res.rows[0].tasks["single_double_quote"].edges_at_targets["3"][0]))
+    # back to the pruning target: only re-summarised
+    events.clear()
+    main = run_sweep(loose, out, root / "cache", on_event=events.append)
+    assert events == [] and main.common_tasks == [t for t in cfg.tasks if all(
+        r.tasks[t].reached for r in main.rows)]
+    md = write_frontier_report(main) and (out / "frontier.md").read_text()
+    assert "| 3 | single_double_quote |" in md
+    with pytest.raises(ValueError, match="frontier_target"):
+        dataclasses.replace(loose, frontier_target=0.7)
