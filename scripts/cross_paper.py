@@ -27,12 +27,13 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
 import os
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from sparsecircuits.graph import geometric_mean  # Gao et al.'s summary; an empty circuit counts as 1
 
 ROOT = Path(__file__).resolve().parents[1]
 ASSETS = ROOT / "sparsecircuits" / "assets" / "quickstart"
@@ -70,11 +71,6 @@ def components(circuit: dict, method: str) -> set[str]:
         elif site.endswith(("mlp.hook_post", "mlp.hook_pre")):
             out.add(f"L{layer}.mlp")
     return out
-
-
-def geometric_mean(values: list[float]) -> float:
-    """Gao et al.'s summary of circuit sizes over tasks (an empty circuit counts as 1)."""
-    return math.exp(sum(math.log(max(v, 1.0)) for v in values) / len(values))
 
 
 def iou(a: set[str], b: set[str]) -> float | None:
