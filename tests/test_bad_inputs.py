@@ -162,6 +162,7 @@ ROWS = [
     Row("sweep", "--out {out}/s --widths 32 64 --lr-by-width 0.01", "one learning rate > 0 per width"),
     Row("sweep", "--out {out}/s --pruning-seeds 1 1", "pruning_seeds holds duplicates"),
     Row("sweep", "--out {out}/s --workers -1", "workers"),
+    Row("sweep", "--out {out}/s --prune-extra-targets 0.3 --frontier-target 0.7", "frontier_target 0.7 must be"),
     Row("train-bridges", "--dense {missing} --preset tiny --out {out}/b", "does not exist"),
     Row("train-bridges", "--dense {ck} --preset tiny --out {file}", "is a file; a folder is needed"),
     Row("train-bridges", "--dense {ck} --preset tiny --out {ro}/b", "cannot write"),

@@ -49,7 +49,7 @@ def build_config(args: argparse.Namespace) -> Any:
     base = SweepConfig.__dataclass_fields__["data"].default_factory()  # type: ignore[misc]
     data = collect(args, DataConfig, dataclasses.asdict(base))
     prune = collect(args, PruneConfig, {})
-    return dataclasses.replace(collect(args, SweepConfig, {}), data=data, prune=prune)
+    return collect(args, SweepConfig, {"data": data, "prune": prune})  # validated with its own data and prune
 
 
 class SweepProgress:
