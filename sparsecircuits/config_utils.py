@@ -37,3 +37,13 @@ def config_diff(a: Any, b: Any, ignore: tuple[str, ...] = ()) -> list[str]:
     """Fields that differ between two dataclass configs, as 'name: a -> b' strings."""
     da, db = dataclasses.asdict(a), dataclasses.asdict(b)
     return [f"{k}: {da[k]!r} -> {db[k]!r}" for k in da if k not in ignore and da[k] != db.get(k)]
+
+
+def numbers(cfg: Any, name: str, kind: type) -> tuple[Any, ...]:
+    """Field `name` of a config as a tuple of `kind` (CLI flags arrive as strings, JSON as lists); a
+    value that is not a number is an error naming the field, not a bare int()/float() message."""
+    values = getattr(cfg, name)
+    try:
+        return tuple(kind(v) for v in values)
+    except (TypeError, ValueError):
+        raise ValueError(f"{type(cfg).__name__}.{name} must be {kind.__name__} numbers, got {list(values)}") from None

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sparsecircuits.ablation_names import BASELINES
-from sparsecircuits.config_utils import opt, require_at_least
+from sparsecircuits.config_utils import numbers, opt, require_at_least
 from sparsecircuits.data.config import DataConfig
 from sparsecircuits.weight_sparse.presets import PRESETS, get_preset
 
@@ -127,7 +127,7 @@ class PruneConfig:
             raise ValueError(f"PruneConfig.baseline must be one of {BASELINES}, got {self.baseline!r}")
         if self.target_slack < 0:
             raise ValueError(f"PruneConfig.target_slack must be >= 0, got {self.target_slack}")
-        self.extra_targets = tuple(float(t) for t in self.extra_targets)  # CLI strings, JSON lists
+        self.extra_targets = numbers(self, "extra_targets", float)
         if any(t <= 0 for t in self.extra_targets):
             raise ValueError(f"PruneConfig.extra_targets must be > 0, got {self.extra_targets}")
         if self.init_mean <= 0 or self.temperature <= 0 or self.lr <= 0 or self.target_loss <= 0:
@@ -191,12 +191,12 @@ class SweepConfig:
 
     def __post_init__(self) -> None:
         # CLI flags arrive as strings, JSON as lists.
-        self.widths = tuple(int(w) for w in self.widths)
-        self.weight_fracs = tuple(float(f) for f in self.weight_fracs)
-        self.act_sparsities = tuple(float(a) for a in self.act_sparsities)
+        self.widths = numbers(self, "widths", int)
+        self.weight_fracs = numbers(self, "weight_fracs", float)
+        self.act_sparsities = numbers(self, "act_sparsities", float)
         self.tasks = tuple(str(t) for t in self.tasks)
-        self.lr_by_width = tuple(float(v) for v in self.lr_by_width)
-        self.pruning_seeds = tuple(int(v) for v in self.pruning_seeds)
+        self.lr_by_width = numbers(self, "lr_by_width", float)
+        self.pruning_seeds = numbers(self, "pruning_seeds", int)
         if isinstance(self.data, dict):
             self.data = DataConfig(**self.data)
         if isinstance(self.prune, dict):
