@@ -21,11 +21,12 @@ from sparsecircuits.viz.html import render_index
 from sparsecircuits.viz.plots import _pyplot, _save, matplotlib_available
 
 if TYPE_CHECKING:
-    from sparsecircuits.weight_sparse.sweep import RunRow, SweepResult
+    from sparsecircuits.weight_sparse.sweep import SweepResult
+    from sparsecircuits.weight_sparse.sweep_results import RunRow
 
 
 def frontier_metric(result: SweepResult) -> str:
-    """'geomean_common' when some task is reached by every model, else 'geomean_all' (see weight_sparse/sweep.py)."""
+    """'geomean_common' when some task is reached by every model, else 'geomean_all' (see weight_sparse/sweep_results.py)."""
     return "geomean_common" if result.common_tasks else "geomean_all"
 
 
@@ -132,7 +133,7 @@ def frontier_markdown(result: SweepResult) -> str:
                      f"{_num(r.hidden_kept, '{:.4f}')} | {_act(r.run.act_sparsity)} | {_num(r.val_loss, '{:.3f}')} | "
                      f"{_num(r.geomean_common)} | {spread} | {r.n_reached}/{len(cfg.tasks)} |")
     if cfg.prune.extra_targets:
-        from sparsecircuits.weight_sparse.sweep import frontier_at, target_key
+        from sparsecircuits.weight_sparse.sweep_results import frontier_at, target_key
 
         targets = sorted({cfg.prune.target_loss, *cfg.prune.extra_targets})
         lines += ["", "The frontier at every pruning target (the same gates bisected to each loss): frontier tasks "

@@ -19,7 +19,6 @@ from sparsecircuits.weight_sparse.config import SweepConfig
 from sparsecircuits.weight_sparse.run import RunSpec, StepReport, train_run
 from sparsecircuits.weight_sparse.sweep import (
     Event,
-    RunRow,
     _collect,
     _done_message,
     _final_checkpoint,
@@ -27,6 +26,7 @@ from sparsecircuits.weight_sparse.sweep import (
     _prune_one,
     run_spec,
 )
+from sparsecircuits.weight_sparse.sweep_results import RunRow
 
 
 def _train_job(spec: dict[str, Any], run_dir: str, cache_dir: str, resume: bool) -> None:

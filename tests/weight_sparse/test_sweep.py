@@ -20,8 +20,8 @@ from sparsecircuits.weight_sparse.sweep import (
     load_state,
     run_spec,
     run_sweep,
-    summarise,
 )
+from sparsecircuits.weight_sparse.sweep_results import summarise
 
 MICRO = dict(widths=(32,), weight_fracs=(0.25,), act_sparsities=(0.25,), n_layers=1, n_ctx=32, steps=20,
              batch_size=4, val_batches=1, ckpt_every=5, tasks=("single_double_quote",), n_examples=16,
