@@ -62,6 +62,7 @@ class SweepProgress:
                                  TimeElapsedColumn(), console=console)
         self.models = self.progress.add_task("models", total=n_runs, stats="")
         self.train: dict[str, TaskID] = {}
+        self.logged: dict[str, int] = {}  # the last step printed per run (logs without a live bar)
 
     def __enter__(self) -> SweepProgress:
         self.progress.__enter__()
@@ -76,8 +77,11 @@ class SweepProgress:
         val = f" val {r.val_loss:.3f}" if r.val_loss is not None else ""
         stats = f"loss {r.loss:.3f}{val}  L0 {r.kept_hidden:.3f}  {r.tokens_per_s:,.0f} tok/s"
         self.progress.update(self.train[name], completed=r.step, stats=stats)
-        if not self.console.is_terminal and (r.step % max(1, r.total // 4) == 0 or r.step == r.total):
-            # Logs (nohup, CI) get no live bar: a plain line every quarter of a run instead.
+        quarter = r.step % max(1, r.total // 4) == 0 or r.step == r.total
+        if not self.console.is_terminal and quarter and self.logged.get(name) != r.step:
+            # Logs (nohup, CI) get no live bar: a plain line every quarter of a run instead (once: with
+            # workers, the same step is polled from metrics.jsonl until the next one is logged).
+            self.logged[name] = r.step
             self.console.print(f"{name}: step {r.step}/{r.total}  {stats}")
 
     def on_event(self, msg: str) -> None:

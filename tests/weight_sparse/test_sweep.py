@@ -241,3 +241,68 @@ def test_extra_targets_give_the_frontier_at_each_target_without_re_pruning(swept
     assert "| 3 | single_double_quote |" in (out / "frontier.md").read_text()
     with pytest.raises(ValueError, match="frontier_target"):
         dataclasses.replace(loose, frontier_target=0.7)
+
+
+@pytest.mark.slow
+def test_the_documented_sweep_in_miniature(small_corpus, tmp_path):
+    """docs/frontier.md's command, every flag kept, at toy size: two widths x (two weight sparsities +
+    dense) with activation sparsity, per-width learning rates, two pruning seeds, extra targets, two
+    workers; then the same command with --frontier-target only re-summarises. Every number the figure
+    plots is in sweep.json, and the figure and tables are rewritten by the second command."""
+    out = tmp_path / "frontier"
+    args = ["sweep", "--out", str(out), "--cache-dir", str(tmp_path / "cache"), "--widths", "32", "48",
+            "--weight-fracs", "0.25", "0.125", "--act-sparsities", "0.25", "--dense-act-sparsity", "0.25",
+            "--n-layers", "1", "--n-ctx", "32", "--steps", "12", "--batch-size", "4", "--val-batches", "1",
+            "--preset", "quickstart", "--lr-by-width", "0.03", "0.06", "--tasks", "single_double_quote", "block_colon",
+            "--n-examples", "16", "--pruning-seeds", "0", "1", "--workers", "2", "--prune-extra-targets", "3.0",
+            "--sources", str(small_corpus), "--vocab-size", "1024", "--tokenizer-sample-mb", "1.0",
+            "--prune-steps", "3", "--prune-batch-size", "8", "--prune-max-effect-nodes", "0", "--min-accuracy", "0"]
+    assert main(args) == 0
+    state = load_state(out)
+    assert state["complete"] and len(state["runs"]) == 6
+    names = [r["run"]["name"] for r in state["runs"]]
+    assert names[:3] == ["d48-w0.25-a0.25", "d48-w0.125-a0.25", "d48-dense-a0.25"]  # widest first
+    for r in state["runs"]:
+        for t in r["tasks"].values():
+            assert t["seeds"] == [0, 1] and len(t["edges_by_seed"]) == 2 and len(t["edges_at_targets"]["3"]) == 2
+    first = {p: (out / p).stat().st_mtime_ns for p in ("frontier.md", "frontier.html")}
+
+    # the frontier at the loose extra target: no training or pruning, only the summary and figure
+    assert main([*args, "--frontier-target", "3.0"]) == 0
+    for p, t in first.items():
+        assert (out / p).stat().st_mtime_ns > t
+    state = load_state(out)
+    cfg = SweepConfig(**state["config"])
+    assert cfg.frontier_target == 3.0 and state["common_tasks"]  # every full model is below 3 nats
+    result = run_sweep(cfg, out, tmp_path / "cache")
+    from sparsecircuits.viz.frontier import frontier_points
+
+    saved = {r["run"]["name"]: r for r in state["runs"]}
+    points = frontier_points(result)
+    assert len(points) == 6
+    for row, x, y in points:  # the figure's numbers, as sweep.json holds them
+        assert saved[row.run.name]["val_loss"] == x and saved[row.run.name]["geomean_common"] == y
+        assert len(saved[row.run.name]["geomean_common_by_seed"]) == 2
+    md = (out / "frontier.md").read_text()
+    assert "| 3 | " in md and all(n in md for n in names)
+    if matplotlib_available():
+        assert (out / "frontier.png").stat().st_size > 0
+
+
+def test_log_lines_of_polled_progress_are_printed_once():
+    """With workers the parent polls metrics.jsonl and sees a step again until the next is logged:
+    a log without a live bar gets each quarter's line once."""
+    import io
+
+    from rich.console import Console
+
+    from sparsecircuits.cli.sweep import SweepProgress
+    from sparsecircuits.weight_sparse.run import StepReport
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=False, width=200)
+    with SweepProgress(console, 1) as progress:
+        for step in (990, 1000, 1000, 1000, 1010, 2000, 2000):
+            progress.on_step("d128-dense", StepReport(step, 4000, 3.0, 0.01, 1.0, 9000.0, None))
+    lines = [ln for ln in buf.getvalue().splitlines() if ln.startswith("d128-dense: step")]
+    assert [ln.split()[2] for ln in lines] == ["1000/4000", "2000/4000"]
