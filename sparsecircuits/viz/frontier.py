@@ -82,11 +82,13 @@ def frontier_plot(result: SweepResult, path: Path) -> bytes:
         ax.plot([], [], "o", color=cmap(0.85 * i / max(1, len(fracs) - 1)), label=f"weight L0 {f:.4g} (hollow: AbsTopK off)")
     ax.plot([], [], "s", color="#333333", label="dense baseline")
     ax.set_yscale("log")
-    if pts:  # geomeans are >= 1 (an empty circuit counts as one edge)
-        top = max([y for _, _, y in pts] + [v for r, _, _ in pts for v in r.geomean_common_by_seed])
-        ax.set_ylim(0.7, 2.0 * top)
+    if pts:  # geomeans are >= 1 (an empty circuit counts as one edge); the axis spans the data and error bars
+        ys = [y for _, _, y in pts] + [v for r, _, _ in pts for v in r.geomean_common_by_seed]
+        ax.set_ylim(max(0.7, min(ys) / 2.0), 2.0 * max(ys))
     ax.set_xlabel("validation loss (nats/token)  \u2190 more capable")
-    which = (f"{len(result.common_tasks)} task(s) every model reaches" if metric == "geomean_common"
+    target = result.config.frontier_target or result.config.prune.target_loss
+    n = len(result.common_tasks)
+    which = (f"{n} task{'s' if n != 1 else ''} every model reaches at loss {target:g}" if metric == "geomean_common"
              else "all tasks, unreached at relaxed target")
     ax.set_ylabel(f"geomean circuit edges ({which})  \u2190 more interpretable", fontsize=8)
     ax.set_title("capability vs interpretability (Gao et al. 2025 frontier)", fontsize=10)
@@ -109,7 +111,7 @@ def table_rows(result: SweepResult) -> tuple[list[str], list[list[Any]]]:
     for r in result.rows:
         rows.append([r.run.name, r.run.width, "dense" if r.run.dense else f"{r.run.weight_frac:.4g}",
                      None if r.hidden_kept is None else f"{r.hidden_kept:.4f}", _act(r.run.act_sparsity),
-                     r.val_loss, r.geomean_common, r.geomean_all, f"{r.n_reached}/{len(result.config.tasks)}"])
+                     _num(r.val_loss, "{:.3f}"), r.geomean_common, r.geomean_all, f"{r.n_reached}/{len(result.config.tasks)}"])
     return columns, rows
 
 
