@@ -120,8 +120,8 @@ def cmd_sweep(args: argparse.Namespace, console: Console) -> int:
         result = run_sweep(cfg, args.out, cache_dir(args), on_event=prog.on_event,
                            on_step=prog.on_step, on_run_done=prog.on_run_done)
     console.print(sweep_table(result))
-    console.print(f"common tasks (reached by every model at target loss {cfg.prune.target_loss:g}): "
-                  f"{', '.join(result.common_tasks) or 'none'}")
+    console.print(f"frontier tasks (reached by every model at target loss {cfg.frontier_target or cfg.prune.target_loss:g}, "
+                  f"every full model's accuracy >= {cfg.min_accuracy:g}): {', '.join(result.common_tasks) or 'none'}")
     if args.plot:
         from sparsecircuits.viz.frontier import write_frontier_report
 

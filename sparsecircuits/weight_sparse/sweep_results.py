@@ -132,3 +132,46 @@ def summarise(rows: list[RunRow], tasks: tuple[str, ...], min_accuracy: float = 
         r.geomean_common, r.geomean_common_by_seed = sizes[r.run.name]
         r.geomean_all = geometric_mean([float(t.n_edges) for t in r.tasks.values()]) if r.tasks else None
     return common
+
+
+@dataclass
+class PairedRatio:
+    """A weight-sparse model against the dense one of its width, over the tasks both reach at a target
+    (each full model's accuracy >= min_accuracy): per task (sparse edges, dense edges), geomean over seeds."""
+
+    sparse: str
+    dense: str
+    tasks: dict[str, tuple[float, float]]
+    ratio: float | None  # geometric mean over tasks of dense / sparse edges (> 1: the sparse circuit is smaller)
+
+
+def paired_ratios(rows: list[RunRow], key: str, min_accuracy: float) -> list[PairedRatio]:
+    """Sparse vs dense at the same width, task by task (`key` as in `frontier_at`). Each pair uses every
+    task both models reach, so pairs can use different tasks; the frontier uses the tasks every model
+    reaches. Gao et al. compare at matched pretraining loss; at one width the dense model is usually
+    more capable, so this ratio understates the sparse models' advantage at matched loss."""
+
+    def at(t: TaskResult) -> tuple[bool, list[int | None]]:
+        if key in t.edges_at_targets:
+            return t.reached_at_targets[key], t.edges_at_targets[key]
+        return (t.reached, list(t.edges_by_seed)) if key in ("", target_key(t.main_target)) else (False, [])
+
+    def size(edges: list[int | None]) -> float:
+        return geometric_mean([float(e or 0) for e in edges])
+
+    out = []
+    for r in rows:
+        dense = next((d for d in rows if d.run.dense and d.run.width == r.run.width), None)
+        if r.run.dense or dense is None:
+            continue
+        both = {}
+        for task, t in r.tasks.items():
+            d = dense.tasks.get(task)
+            if d is None or min(t.full_accuracy, d.full_accuracy) < min_accuracy:
+                continue
+            (ok_s, e_s), (ok_d, e_d) = at(t), at(d)
+            if ok_s and ok_d:
+                both[task] = (size(e_s), size(e_d))
+        ratio = geometric_mean([d / max(s, 1.0) for s, d in both.values()]) if both else None
+        out.append(PairedRatio(r.run.name, dense.run.name, both, ratio))
+    return out

@@ -306,3 +306,24 @@ def test_log_lines_of_polled_progress_are_printed_once():
             progress.on_step("d128-dense", StepReport(step, 4000, 3.0, 0.01, 1.0, 9000.0, None))
     lines = [ln for ln in buf.getvalue().splitlines() if ln.startswith("d128-dense: step")]
     assert [ln.split()[2] for ln in lines] == ["1000/4000", "2000/4000"]
+
+
+def test_paired_ratios_compare_each_sparse_model_with_the_dense_one_of_its_width(swept):
+    from sparsecircuits.weight_sparse.sweep_results import paired_ratios
+
+    _, _, result, _ = swept
+    rows = copy.deepcopy(result.rows)
+    sparse, dense = rows
+    for r, edges in ((sparse, [100, 400]), (dense, [800, 800])):
+        t = r.tasks["single_double_quote"]
+        t.reached, t.full_accuracy, t.edges_by_seed = True, 1.0, edges
+        r.tasks["extra"] = dataclasses.replace(t, task="extra", edges_by_seed=[50])
+    dense.tasks["extra"].edges_by_seed = [500]
+    (p,) = paired_ratios(rows, "", 0.9)
+    assert (p.sparse, p.dense) == (SPARSE, DENSE)
+    assert p.tasks["single_double_quote"] == pytest.approx((200.0, 800.0))  # geomean over seeds
+    assert p.ratio == pytest.approx((4.0 * 10.0) ** 0.5)
+    dense.tasks["extra"].reached = False  # a task only one of the pair reaches is left out
+    assert paired_ratios(rows, "", 0.9)[0].ratio == pytest.approx(4.0)
+    sparse.tasks["single_double_quote"].full_accuracy = 0.5  # as is one a full model does not get right
+    assert paired_ratios(rows, "", 0.9)[0].ratio is None
