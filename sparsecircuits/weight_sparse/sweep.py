@@ -37,7 +37,7 @@ import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -112,7 +112,10 @@ class SweepResult:
     rows: list[RunRow]
     common_tasks: list[str]  # reached by every model, every full model accurate enough
     complete: bool  # every run trained and every task pruned at every seed
-    seconds: float
+    seconds: float  # this invocation
+    # Every invocation of the sweep on this folder, oldest first (`_invocation`): when, how long, on
+    # what machine under what load, and what it trained and pruned; a killed one keeps its last save.
+    invocations: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         rows = []
@@ -121,7 +124,7 @@ class SweepResult:
             d["n_reached"] = r.n_reached
             rows.append(d)
         return {"format": FORMAT, "config": self.config.to_dict(), "complete": self.complete,
-                "common_tasks": self.common_tasks, "seconds": self.seconds, "runs": rows,
+                "common_tasks": self.common_tasks, "seconds": self.seconds, "invocations": self.invocations, "runs": rows,
                 "geomean_note": "geomean_common: edges over tasks every model reaches at prune.target_loss at every "
                                 "pruning seed, with every full model's accuracy >= min_accuracy; per task the geometric "
                                 "mean over seeds; geomean_common_by_seed: the same per seed; geomean_all: over every "
@@ -258,6 +261,27 @@ def _done_message(row: RunRow, task: str, cfg: SweepConfig) -> str:
             f"{t.circuit_loss:.3f} ({'reached' if t.reached else 'NOT reached'} {cfg.prune.target_loss:g})")
 
 
+def _cpu_name() -> str:
+    import platform
+
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _invocation(cfg: SweepConfig) -> dict[str, Any]:
+    """The record of this invocation in sweep.json (updated at every save)."""
+    import datetime
+
+    return {"started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"), "seconds": 0.0,
+            "cpu": _cpu_name(), "cores": os.cpu_count(), "workers": n_workers(cfg), "load_start": list(os.getloadavg()),
+            "load_last": list(os.getloadavg()), "load_1min_max": os.getloadavg()[0], "trained": [], "pruned": 0}
+
+
 def n_workers(cfg: SweepConfig) -> int:
     """Processes the sweep uses: `cfg.workers`, 0 = one per CPU core."""
     return cfg.workers or os.cpu_count() or 1
@@ -281,11 +305,24 @@ def run_sweep(
     out_dir, cache_dir = Path(out_dir), Path(cache_dir)
     _check_compatible(cfg, out_dir)
     rows = [RunRow(run, 0, False, None, None) for run in expand_grid(cfg)]
-    result = SweepResult(out_dir, cfg, rows, [], False, 0.0)
+    saved = load_state(out_dir)
+    now = _invocation(cfg)
+    result = SweepResult(out_dir, cfg, rows, [], False, 0.0, [*(saved or {}).get("invocations", []), now])
+
+    def log(msg: str) -> None:
+        """on_event, counting what this invocation trains and prunes."""
+        name, _, what = msg.partition(": ")
+        if what == "training" or what.startswith("resuming"):
+            now["trained"].append(name)
+        elif what.startswith("pruning"):
+            now["pruned"] += 1
+        on_event(msg)
 
     def save() -> None:
         result.common_tasks = summarise(rows, cfg.tasks, cfg.min_accuracy, frontier_key(cfg))
         result.seconds = time.perf_counter() - t0
+        load = os.getloadavg()
+        now.update(seconds=round(result.seconds, 1), load_last=list(load), load_1min_max=max(now["load_1min_max"], load[0]))
         atomic_write_text(out_dir / STATE, json.dumps(result.to_dict(), indent=1))
 
     def trained(row: RunRow, spec: RunSpec, run_dir: Path) -> None:
@@ -301,34 +338,34 @@ def run_sweep(
     if workers > 1:
         from sparsecircuits.weight_sparse.sweep_workers import run_parallel
 
-        run_parallel(cfg, rows, out_dir, cache_dir, workers, save, trained, on_event, on_step, on_run_done)
+        run_parallel(cfg, rows, out_dir, cache_dir, workers, save, trained, log, on_step, on_run_done)
     else:
         for row in rows:
             spec, run_dir = run_spec(cfg, row.run), out_dir / "runs" / row.run.name
             last, step = _final_checkpoint(spec, run_dir)
             if step < cfg.steps:
-                on_event(f"{row.run.name}: resuming from step {step}" if last else f"{row.run.name}: training")
+                log(f"{row.run.name}: resuming from step {step}" if last else f"{row.run.name}: training")
                 stop = None if should_stop is None else (lambda s, n=row.run.name: should_stop(n, s))
                 step_cb = None if on_step is None else (lambda r, n=row.run.name: on_step(n, r))
                 res = train_run(spec, run_dir, cache_dir, resume=last is not None, on_step=step_cb, should_stop=stop)
                 if res.stopped_early:
                     row.step = res.step
                     save()
-                    on_event(f"{row.run.name}: stopped at step {res.step}; rerun to resume")
+                    log(f"{row.run.name}: stopped at step {res.step}; rerun to resume")
                     return result
             trained(row, spec, run_dir)
             loaded = _Loaded(run_dir, cache_dir)
             for task, seed in _collect(row, cfg, run_dir):
-                on_event(f"{row.run.name}: pruning {task} (seed {seed})")
+                log(f"{row.run.name}: pruning {task} (seed {seed})")
                 err = _prune_one(loaded, row.run.name, task, seed, cfg)
                 if err is not None:
                     row.errors[task] = err
-                    on_event(f"{row.run.name}: {task} skipped ({err})")
+                    log(f"{row.run.name}: {task} skipped ({err})")
                     continue
                 had = task in row.tasks
                 _collect(row, cfg, run_dir)
                 if task in row.tasks and not had:
-                    on_event(_done_message(row, task, cfg))
+                    log(_done_message(row, task, cfg))
                 save()
             if on_run_done is not None:
                 on_run_done(row)

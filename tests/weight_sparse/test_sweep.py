@@ -100,6 +100,9 @@ def test_micro_sweep_writes_state_and_frontier(swept):
         assert saved["tasks"]["single_double_quote"]["n_edges"] == t.n_edges
         assert r.geomean_all == geometric_mean([float(t.n_edges)]) and t.empty_loss > 0
     assert result.rows[0].hidden_kept < 0.3 and result.rows[1].hidden_kept == 1.0
+    first = state["invocations"][0]  # provenance: when, how long, where, under what load, what was done
+    assert first["trained"] == [SPARSE, DENSE] and first["pruned"] == 2 and first["seconds"] > 0
+    assert first["cores"] >= 1 and first["cpu"] and len(first["load_start"]) == 3
     page = write_frontier_report(result)
     text = page.read_text()
     assert SPARSE in text and "<script" not in text and "http" not in text.split("<body>")[1]
@@ -113,8 +116,11 @@ def test_rerun_is_a_noop_and_a_deleted_circuit_is_recomputed(swept):
     assert events == [] and again.complete
     assert [r.val_loss for r in again.rows] == [r.val_loss for r in result.rows]
     (root / "a" / "runs" / DENSE / "circuits" / "single_double_quote-s0.json").unlink()
+    assert load_state(root / "a")["invocations"][-1] | {"seconds": 0} == again.invocations[-1] | {"seconds": 0}
+    assert again.invocations[-1]["trained"] == [] and again.invocations[-1]["pruned"] == 0
     third = run_sweep(cfg, root / "a", root / "cache", on_event=events.append)
     assert [e.split(":")[0] for e in events] == [DENSE, DENSE] and "pruning" in events[0]
+    assert len(third.invocations) == len(again.invocations) + 1 and third.invocations[-1]["pruned"] == 1
     assert third.rows[1].tasks["single_double_quote"].n_edges == result.rows[1].tasks["single_double_quote"].n_edges
 
 
