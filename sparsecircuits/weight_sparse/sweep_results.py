@@ -97,6 +97,14 @@ def frontier_key(cfg: SweepConfig) -> str:
     return target_key(cfg.frontier_target or cfg.prune.target_loss)
 
 
+def at_target(t: TaskResult, key: str) -> tuple[bool, list[int | None]]:
+    """Whether every seed reached the target named `key` (`target_key`; "" = the pruning target itself)
+    and the edges per seed there."""
+    if key in t.edges_at_targets:
+        return t.reached_at_targets[key], t.edges_at_targets[key]
+    return (t.reached, list(t.edges_by_seed)) if key in ("", target_key(t.main_target)) else (False, [])
+
+
 def frontier_at(rows: list[RunRow], tasks: tuple[str, ...], min_accuracy: float, key: str
                 ) -> tuple[list[str], dict[str, tuple[float | None, list[float]]]]:
     """The frontier at one target (`target_key`; "" = the pruning target itself): the tasks every
@@ -104,19 +112,14 @@ def frontier_at(rows: list[RunRow], tasks: tuple[str, ...], min_accuracy: float,
     with every full model's accuracy >= min_accuracy, and per run (geomean edges over them, the same
     per seed)."""
 
-    def at(t: TaskResult) -> tuple[bool, list[int | None]]:
-        if key in t.edges_at_targets:
-            return t.reached_at_targets[key], t.edges_at_targets[key]
-        return (t.reached, list(t.edges_by_seed)) if key in ("", target_key(t.main_target)) else (False, [])
-
-    common = [t for t in tasks if rows and all(t in r.tasks and at(r.tasks[t])[0]
+    common = [t for t in tasks if rows and all(t in r.tasks and at_target(r.tasks[t], key)[0]
                                                and r.tasks[t].full_accuracy >= min_accuracy for r in rows)]
     out: dict[str, tuple[float | None, list[float]]] = {}
     for r in rows:
         if not common:
             out[r.run.name] = (None, [])
             continue
-        per_task = [[float(e or 0) for e in at(r.tasks[t])[1]] for t in common]
+        per_task = [[float(e or 0) for e in at_target(r.tasks[t], key)[1]] for t in common]
         n_seeds = min(len(e) for e in per_task)
         out[r.run.name] = (geometric_mean([geometric_mean(e) if len(e) > 1 else max(e[0], 1.0) for e in per_task]),
                            [geometric_mean([e[i] for e in per_task]) for i in range(n_seeds)])
@@ -151,11 +154,6 @@ def paired_ratios(rows: list[RunRow], key: str, min_accuracy: float) -> list[Pai
     reaches. Gao et al. compare at matched pretraining loss; at one width the dense model is usually
     more capable, so this ratio understates the sparse models' advantage at matched loss."""
 
-    def at(t: TaskResult) -> tuple[bool, list[int | None]]:
-        if key in t.edges_at_targets:
-            return t.reached_at_targets[key], t.edges_at_targets[key]
-        return (t.reached, list(t.edges_by_seed)) if key in ("", target_key(t.main_target)) else (False, [])
-
     def size(edges: list[int | None]) -> float:
         return geometric_mean([float(e or 0) for e in edges])
 
@@ -169,7 +167,7 @@ def paired_ratios(rows: list[RunRow], key: str, min_accuracy: float) -> list[Pai
             d = dense.tasks.get(task)
             if d is None or min(t.full_accuracy, d.full_accuracy) < min_accuracy:
                 continue
-            (ok_s, e_s), (ok_d, e_d) = at(t), at(d)
+            (ok_s, e_s), (ok_d, e_d) = at_target(t, key), at_target(d, key)
             if ok_s and ok_d:
                 both[task] = (size(e_s), size(e_d))
         ratio = geometric_mean([d / max(s, 1.0) for s, d in both.values()]) if both else None
