@@ -15,6 +15,7 @@ import torch
 from torch import Tensor
 
 from sparsecircuits.ablation import NodeSite, counterfactual_baselines, masked_hooks
+from sparsecircuits.model.packing import pack
 from sparsecircuits.model.transformer import Transformer
 from sparsecircuits.tasks.base import TaskData, last_logits, logit_diff, task_loss
 
@@ -94,12 +95,16 @@ class MaskedTask:
                      start: tuple[int, Tensor] | None = None) -> Tensor:
         """Logits at each row's last prompt position under masks, [rows, d_vocab].
 
-        Rows are sorted by prompt length and run in chunks, each cut to its longest prompt: with right
-        padding and causal attention the last-position logits do not depend on the padding, so this
-        is exact, and it skips most of the padding (task prompts vary in length: a batch padded to
-        its longest prompt spends about a third of its compute on padding)."""
+        With masks shared by all rows, the prompts run packed (`model/packing.py`: laid end to end in
+        one row, no padding, one pass per `_PACKED_TOKENS` tokens). Per-row masks (`[rows, 1, *shape]`)
+        run padded instead, rows sorted by prompt length in chunks, each cut to its longest prompt:
+        with right padding and causal attention the last-position logits do not depend on the padding,
+        so both are exact (a batch padded to its longest prompt spends up to a third of its compute
+        on padding)."""
         if not len(lengths):
             return self.model.W_E.new_zeros(0, self.model.cfg.d_vocab)
+        if not per_row_masks:
+            return self._last_logits_packed(tokens, lengths, masks, base, start)
         order = torch.argsort(lengths, stable=True)
         parts = []
         for chunk in order.split(_chunk_rows(len(order))):
@@ -114,12 +119,48 @@ class MaskedTask:
                                         start=resume)[:, 0])
         return torch.cat(parts)[torch.argsort(order)]
 
+    def _last_logits_packed(self, tokens: Tensor, lengths: Tensor, masks: dict[str, Tensor],
+                            base: dict[str, Tensor] | None, start: tuple[int, Tensor] | None) -> Tensor:
+        """`_last_logits` for masks shared by every row: packed passes of consecutive rows."""
+        parts, first = [], 0
+        for n_rows in _packed_groups(lengths):
+            rows = slice(first, first + n_rows)
+            first += n_rows
+            ln = lengths[rows]
+            width = int(ln.max())
+            b = base
+            if self.per_example and base is not None:
+                b = {h: pack(v[rows, :width], ln) for h, v in base.items()}
+            resume = None if start is None else (start[0], pack(start[1][rows, :width], ln))
+            with self.model.hooks(masked_hooks(masks, b)):
+                # trim: the last block computes the last position only (its hooks see one position,
+                # which a per-example baseline, indexed by position, cannot follow)
+                parts.append(self.model(pack(tokens[rows, :width], ln), at=ln - 1, trim=not self.per_example,
+                                        start=resume, packed=ln)[:, 0])
+        return torch.cat(parts)
+
     @torch.no_grad()
     def evaluate(self, masks: dict[str, Tensor], calibrate: bool = False) -> Evaluation:
         diff = self.diff(masks)
         if calibrate:
             diff = calibrated(diff, self.data)
         return Evaluation(float(task_loss(diff)), float((diff > 0).float().mean()), float(diff.mean()))
+
+
+# Tokens per packed pass: bounds the activations a no-grad evaluation holds at once.
+_PACKED_TOKENS = 16384
+
+
+def _packed_groups(lengths: Tensor) -> list[int]:
+    """Consecutive row counts whose tokens fit `_PACKED_TOKENS` (at least one row each)."""
+    budget, groups, n, total = _PACKED_TOKENS, [], 0, 0
+    for ln in lengths.tolist():
+        if n and total + ln > budget:
+            groups.append(n)
+            n, total = 0, 0
+        n, total = n + 1, total + ln
+    groups.append(n)
+    return groups
 
 
 def _chunk_rows(n_rows: int, chunks: int = 4, min_rows: int = 16) -> int:

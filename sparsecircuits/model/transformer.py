@@ -82,6 +82,7 @@ from torch import Tensor, nn
 
 from sparsecircuits.model.config import GATED_ACTIVATIONS, ModelConfig
 from sparsecircuits.model.hooks import HookedModule, HookPoint
+from sparsecircuits.model.packing import Packing, at_positions, packing_of, to_packed, to_padded
 from sparsecircuits.model.sparsity import SparseWeight, abs_topk_mask
 
 
@@ -201,9 +202,11 @@ class Attention(nn.Module):
             self._rot_cache = (key, cos, sin)
         return self._rot_cache[1], self._rot_cache[2]
 
-    def _rotary(self, x: Float[Tensor, "batch pos head d_head"], positions: Tensor | None = None) -> Tensor:
-        """Rotate by position index, or by `positions` [batch, pos] (position ids of a padded batch)."""
-        cos, sin = self._rot_tables(x.shape[1], x)
+    def _rotary(self, x: Float[Tensor, "batch pos head d_head"], positions: Tensor | None = None,
+                length: int = 0) -> Tensor:
+        """Rotate by position index, or by `positions` [batch, pos] (position ids of a padded or packed
+        batch, or of the queries at `at`: all below `length`)."""
+        cos, sin = self._rot_tables(length or x.shape[1], x)
         if positions is not None:
             cos, sin = cos[positions], sin[positions]  # [batch, pos, 1, rot]
         rot = cos.shape[-1]
@@ -225,38 +228,73 @@ class Attention(nn.Module):
 
     def forward(
         self, x: Float[Tensor, "batch pos d_model"] | None, split: tuple[Tensor, Tensor, Tensor] | None = None,
-        at: Int[Tensor, " batch"] | None = None, padding: Padding | None = None,
+        at: Int[Tensor, " batch"] | None = None, padding: Padding | None = None, packing: Packing | None = None,
     ) -> Float[Tensor, "batch pos d_model"]:
         """`x` is the normed residual; or `split` = per-head normed inputs for q, k, v (see the module
-        docstring). With `at`, only the query at position `at[b]` of each row attends (keys and values
-        at every position): the output and `hook_z` are `[batch, 1, ...]`. With `padding`, padded keys
-        are never attended and rotary uses its position ids (module docstring, "Attention masks")."""
+        docstring). With `at`, only the query at position `at[b]` of each row is computed and attends
+        (keys and values at every position): `hook_q` (and `hook_q_keep`, `hook_rot_q`), `hook_z` and
+        the output are `[batch, 1, ...]`. With `padding`, padded keys
+        are never attended and rotary uses its position ids (module docstring, "Attention masks").
+        With `packing`, the input is a packed row (`model/packing.py`): q, k, v are laid out padded to
+        attend, and `hook_z` and the output are packed again (`[batch, 1, ...]` with `at`)."""
         cfg = self.cfg
         H, KV, dh = cfg.n_heads, cfg.kv_heads, cfg.d_head
         if split is None:
             assert x is not None
             B, T, _ = x.shape
-            q = self.hook_q(self._project(x, self.W_Q, self.b_Q, "q", H))
+            q = self.hook_q(self._project(x if at is None else self._at(x, at, packing), self.W_Q, self.b_Q, "q", H))
             k = self.hook_k(self._project(x, self.W_K, self.b_K, "k", KV))
             v = self.hook_v(self._project(x, self.W_V, self.b_V, "v", KV))
         else:
             B, T = split[0].shape[:2]
-            q = self.hook_q(self._project_split(split[0], self.W_Q, self.b_Q, "q"))
+            q_in = split[0] if at is None else self._at(split[0], at, packing)
+            q = self.hook_q(self._project_split(q_in, self.W_Q, self.b_Q, "q"))
             k = self.hook_k(self._project_split(split[1], self.W_K, self.b_K, "k"))
             v = self.hook_v(self._project_split(split[2], self.W_V, self.b_V, "v"))
+        if packing is not None:
+            B = len(packing.lengths)
         if cfg.positions == "rotary":
-            pos = None if padding is None else padding.positions
-            q, k = self.hook_rot_q(self._rotary(q, pos)), self.hook_rot_k(self._rotary(k, pos))
-        qpos = None
-        if at is not None:
-            q, qpos = q[torch.arange(B, device=q.device), at].unsqueeze(1), at.view(B, 1)
-        real = None if padding is None else padding.real
-        if self.hook_attn_scores.active or self.hook_pattern.active or cfg.attn_softcap:
-            z = self._explicit(q, k, v, qpos, real)
+            pos = packing.positions if packing is not None else None if padding is None else padding.positions
+            length = packing.whole.max_len if packing is not None else T
+            q_pos = pos if at is None else at.view(B, 1) if pos is None or packing is not None else self._at(pos, at, None)
+            q = self.hook_rot_q(self._rotary(q, q_pos, length))
+            k = self.hook_rot_k(self._rotary(k, pos, length))
+        explicit = self.hook_attn_scores.active or self.hook_pattern.active or bool(cfg.attn_softcap)
+        if packing is not None:
+            z = self._packed(q, k, v, packing, at, explicit)
         else:
-            z = self._fused(q, k, v, qpos, real)
+            qpos = None if at is None else at.view(B, 1)
+            real = None if padding is None else padding.real
+            z = self._explicit(q, k, v, qpos, real) if explicit else self._fused(q, k, v, qpos, real)
         z = self.hook_z(z)  # [batch, pos, head, d_head]
-        return F.linear(z.reshape(B, z.shape[1], H * dh), self.W_O, self.b_O)
+        return F.linear(z.reshape(*z.shape[:2], H * dh), self.W_O, self.b_O)
+
+    @staticmethod
+    def _at(x: Tensor, at: Tensor, packing: Packing | None) -> Tensor:
+        """`x` [batch, pos, ...] (or a packed row) at position `at[b]` of each row (prompt): [batch, 1, ...]."""
+        if packing is not None:
+            return x[0, at_positions(packing, at)].unsqueeze(1)
+        return x[torch.arange(len(x), device=x.device), at].unsqueeze(1)
+
+    def _packed(self, q: Tensor, k: Tensor, v: Tensor, packing: Packing, at: Tensor | None,
+                explicit: bool) -> Tensor:
+        """Attention of a packed row (`model/packing.py`): each group of prompts laid out padded
+        (right padding: the causal mask keeps every real query off the padding), attended, and its
+        tokens gathered back. Explicit attention (hooked scores / pattern) uses one group of all
+        prompts, so its hooks fire once; the output is packed, `[1, sum(lengths), head, d_head]`, or
+        `[batch, 1, head, d_head]` with `at`."""
+        zs = []
+        for g in (packing.whole,) if explicit else packing.groups:
+            kg, vg = to_padded(k, g), to_padded(v, g)
+            if at is None:
+                qg, qpos = to_padded(q, g), None
+            else:
+                qg, qpos = q[g.rows], at[g.rows].view(-1, 1)  # q: [batch, 1, ...], the queries at `at`
+            z = self._explicit(qg, kg, vg, qpos) if explicit else self._fused(qg, kg, vg, qpos)
+            zs.append(z if at is not None else to_packed(z, g))
+        if at is not None:
+            return zs[0] if explicit else torch.cat(zs).index_select(0, packing.rows_unsort)
+        return zs[0].unsqueeze(0) if explicit else torch.cat(zs).index_select(0, packing.unsort).unsqueeze(0)
 
     def _allowed(self, T: int, device: torch.device, qpos: Tensor | None = None,
                  real: Tensor | None = None) -> Tensor:
@@ -406,18 +444,20 @@ class Block(nn.Module):
         self.hook_attn_out_keep, self.hook_mlp_out_keep = _keep_hook(cfg, "attn_out"), _keep_hook(cfg, "mlp_out")
 
     def forward(self, resid: Float[Tensor, "batch pos d_model"], at: Int[Tensor, " batch"] | None = None,
-                padding: Padding | None = None) -> Float[Tensor, "batch pos d_model"]:
+                padding: Padding | None = None, packing: Packing | None = None) -> Float[Tensor, "batch pos d_model"]:
         """With `at`, everything after attention's q, k, v is computed only at position `at[b]` of each
-        row (the hooks from `attn.hook_z` on see `[batch, 1, ...]`). `padding`: see `Attention`."""
+        row (the hooks from `attn.hook_z` on see `[batch, 1, ...]`). `padding`, `packing`: see `Attention`."""
         cfg = self.cfg
         resid = self.hook_resid_pre(resid)
         if self.hook_q_input.active or self.hook_k_input.active or self.hook_v_input.active:
             copies = ((self.hook_q_input, cfg.n_heads), (self.hook_k_input, cfg.kv_heads), (self.hook_v_input, cfg.kv_heads))
             split = tuple(self.ln1(hook(resid.unsqueeze(2).expand(-1, -1, n, -1))) for hook, n in copies)
-            attn_out = self.attn(None, split, at, padding)  # type: ignore[arg-type]
+            attn_out = self.attn(None, split, at, padding, packing)  # type: ignore[arg-type]
         else:
-            attn_out = self.attn(self.ln1(resid), at=at, padding=padding)
-        if at is not None:
+            attn_out = self.attn(self.ln1(resid), at=at, padding=padding, packing=packing)
+        if at is not None and packing is not None:
+            resid = resid[0, at_positions(packing, at)].unsqueeze(1)
+        elif at is not None:
             resid = resid[torch.arange(len(resid), device=resid.device), at].unsqueeze(1)
         if cfg.post_norms:
             attn_out = self.ln1_post(attn_out)
@@ -469,20 +509,28 @@ class Transformer(HookedModule):
     def forward(self, tokens: Int[Tensor, "batch pos"], attention_mask: Tensor | None = None,
                 at: Int[Tensor, " batch"] | None = None, trim: bool = False,
                 start: tuple[int, Float[Tensor, "batch pos d_model"]] | None = None,
+                packed: Int[Tensor, " batch"] | None = None,
                 ) -> Float[Tensor, "batch pos d_vocab"]:
         """Logits at every position, or with `at` only at one position per row ([batch, 1, d_vocab]:
         e.g. each prompt's last token, which is all a task metric reads; the final norm and its hooks
         then see only those positions). Earlier positions are computed either way (attention reads
         them), except with `trim=True`: the last block then computes only what position `at` needs
         (queries, attention output, MLP at that position; keys and values everywhere), about a fifth
-        less work in a 4-layer model, and its hooks from `attn.hook_z` on see `[batch, 1, ...]`.
+        less work in a 4-layer model, and its hooks from `attn.hook_z` on, and `attn.hook_q` (with
+        `hook_q_keep` and `hook_rot_q`), see `[batch, 1, ...]`.
         `start=(layer, resid)` resumes a forward pass at block `layer`, whose `hook_resid_pre` gets
         `resid` (e.g. cached from an earlier pass): the embedding and earlier blocks are skipped and
         their hooks do not fire; `tokens` are still needed (bigram table, shapes).
         `attention_mask` [batch, pos], bool or integer 1 = real token / 0 = padding (Hugging Face's
         convention), for left- or right-padded batches: see the module docstring, "Attention masks";
-        `at` must then point at real tokens. None runs the unmasked code path."""
-        self._check_tokens(tokens)
+        `at` must then point at real tokens. None runs the unmasked code path.
+        `packed=lengths` [batch]: `tokens` is one row `[1, sum(lengths)]` of prompts laid end to end
+        (`model/packing.py`), every hook sees that packed row (attention scores and pattern excepted:
+        they are laid out padded, `[batch, head, max_len, max_len]`), and the logits are `[1, sum, d_vocab]`,
+        or with `at` (a position within each prompt) `[batch, 1, d_vocab]`; `start`'s residual is packed too.
+        Not with `attention_mask`."""
+        packing = None if packed is None else self._check_packed(packed, tokens, at, attention_mask)
+        self._check_tokens(tokens, packing)
         padding = None if attention_mask is None else padding_of(self._check_mask(attention_mask, tokens, at))
         first = 0
         if start is None:
@@ -492,7 +540,8 @@ class Transformer(HookedModule):
             resid = self.hook_embed(embed * self.cfg.embed_scale if self.cfg.embed_scale != 1.0 else embed)
             if self.cfg.positions == "learned":
                 # [pos, d_model]; with a mask [batch, pos, d_model], each row's own position ids
-                pos = self.W_pos[: tokens.shape[1]] if padding is None else F.embedding(padding.positions, self.W_pos)
+                ids = packing.positions if packing is not None else None if padding is None else padding.positions
+                pos = self.W_pos[: tokens.shape[1]] if ids is None else F.embedding(ids, self.W_pos)
                 resid = resid + self.hook_pos_embed(pos)
         else:
             first, resid = start
@@ -503,8 +552,12 @@ class Transformer(HookedModule):
                                  f"got {tuple(resid.shape)}")
         trimmed = trim and at is not None and len(self.blocks) > 0
         for i in range(first, len(self.blocks)):
-            resid = self.blocks[i](resid, at if trimmed and i == len(self.blocks) - 1 else None, padding)
-        if at is not None:
+            resid = self.blocks[i](resid, at if trimmed and i == len(self.blocks) - 1 else None, padding, packing)
+        if at is not None and packing is not None:
+            where = at_positions(packing, at)
+            tokens = tokens[0, where].unsqueeze(1)
+            resid = resid if trimmed else resid[0, where].unsqueeze(1)
+        elif at is not None:
             rows = torch.arange(len(tokens), device=tokens.device)
             tokens = tokens[rows, at].unsqueeze(1)
             resid = resid if trimmed else resid[rows, at].unsqueeze(1)
@@ -537,11 +590,28 @@ class Transformer(HookedModule):
                                  "the last token is at pos - 1, with right padding at lengths - 1")
         return mask
 
-    def _check_tokens(self, tokens: Tensor) -> None:
+    @staticmethod
+    def _check_packed(lengths: Tensor, tokens: Tensor, at: Tensor | None, mask: Tensor | None) -> Packing:
+        """The `Packing` of `packed=lengths`, checked against `tokens` and `at`."""
+        if mask is not None:
+            raise ValueError("packed prompts have no padding: pass either packed= or attention_mask, not both")
+        if lengths.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"packed lengths must be integers, got {lengths.dtype}")
+        packing = packing_of(lengths.to(tokens.device))
+        if tokens.dim() != 2 or tokens.shape[0] != 1 or tokens.shape[1] != int(packing.lengths.sum()):
+            raise ValueError(f"packed tokens must be one row [1, sum(lengths)] = [1, {int(packing.lengths.sum())}], "
+                             f"got {tuple(tokens.shape)}")
+        if at is not None and (at.shape != packing.lengths.shape or bool((at < 0).any())
+                               or bool((at >= packing.lengths).any())):
+            raise ValueError("with packed prompts, at must give one position within each prompt ([batch], 0 <= at < length)")
+        return packing
+
+    def _check_tokens(self, tokens: Tensor, packing: Packing | None = None) -> None:
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"tokens must be an integer tensor [batch, pos], got {tokens.dtype} {tuple(tokens.shape)}")
-        if tokens.shape[1] > self.cfg.n_ctx:
-            raise ValueError(f"sequence of {tokens.shape[1]} tokens exceeds the model's n_ctx={self.cfg.n_ctx}")
+        longest = tokens.shape[1] if packing is None else packing.whole.max_len
+        if longest > self.cfg.n_ctx:
+            raise ValueError(f"sequence of {longest} tokens exceeds the model's n_ctx={self.cfg.n_ctx}")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.d_vocab):
             raise ValueError(
                 f"token ids must be in [0, {self.cfg.d_vocab}), got range [{int(tokens.min())}, {int(tokens.max())}]"

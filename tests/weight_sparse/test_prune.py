@@ -189,12 +189,17 @@ def test_node_effects_resumed_per_layer_equal_full_single_ablations(baseline):
             assert value == pytest.approx(want, abs=1e-5), node_id
 
 
+@pytest.mark.parametrize("packed_tokens", [16384, 9])
 @pytest.mark.parametrize("baseline", ["mean", "counterfactual"])
-def test_length_sorted_chunks_equal_one_padded_forward(baseline):
-    """MaskedTask runs prompts sorted by length in chunks cut to their longest prompt; with right
-    padding that must give the logit differences of one forward over the whole padded batch, for
-    shared masks with gradients and for per-row stacked masks."""
+def test_packed_and_length_sorted_runs_equal_one_padded_forward(baseline, packed_tokens, monkeypatch):
+    """MaskedTask runs shared masks on packed prompts (in one pass, or in several when they exceed
+    the token budget) and per-row stacked masks on prompts sorted by length in chunks cut to their
+    longest prompt; both must give the logit differences (and, for shared masks, the gradients) of
+    one forward over the whole right-padded batch."""
+    import sparsecircuits.evaluate as evaluate_module
     from sparsecircuits.ablation import masked_hooks
+
+    monkeypatch.setattr(evaluate_module, "_PACKED_TOKENS", packed_tokens)
     from sparsecircuits.tasks.base import logit_diff
     from sparsecircuits.weight_sparse.prune import _masks_from_flat, _masks_from_rows
 
