@@ -148,7 +148,7 @@ class MaskedTask:
 
 
 # Tokens per packed pass: bounds the activations a no-grad evaluation holds at once.
-_PACKED_TOKENS = 16384
+_PACKED_TOKENS = 8192
 
 
 def _packed_groups(lengths: Tensor) -> list[int]:

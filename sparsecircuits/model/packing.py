@@ -19,13 +19,15 @@ from jaxtyping import Int
 from torch import Tensor
 
 
-class Group(NamedTuple):
-    """Prompts of a packed row that attend together, padded to the longest of them."""
+class Layout(NamedTuple):
+    """The prompts of a packed row laid out padded for attention, in groups of prompts padded to the
+    longest of their group (right padding that repeats each prompt's last token: finite, and behind
+    every real query under the causal mask)."""
 
-    rows: Int[Tensor, " rows"]  # the prompts (rows of the batch) in this group
-    slots: Int[Tensor, " slots"]  # [len(rows) * max_len] packed index of each padded slot (padding repeats the last token)
-    real: Int[Tensor, " packed"]  # padded slot (row-in-group * max_len + pos) of each of the group's tokens, packed order
-    max_len: int
+    groups: tuple[tuple[Tensor, int], ...]  # (rows, max_len) of each group: its prompts, padded length
+    slots: Int[Tensor, " slots"]  # packed index of every padded slot, group after group (row-major)
+    tokens: Int[Tensor, " packed"]  # packed index -> its slot (a position in `slots`)
+    rows: Int[Tensor, " batch"]  # row -> its position in the groups' rows laid end to end
 
 
 class Packing(NamedTuple):
@@ -34,19 +36,25 @@ class Packing(NamedTuple):
     lengths: Int[Tensor, " batch"]
     starts: Int[Tensor, " batch"]  # packed index of each prompt's first token
     positions: Int[Tensor, "1 packed"]  # position of each token within its prompt
-    whole: Group  # every prompt, padded to the longest (attention whose scores or pattern are hooked)
-    groups: tuple[Group, ...]  # prompts of similar length, for fused attention (less padding)
-    unsort: Tensor  # packed index -> index in the groups' tokens laid end to end
-    rows_unsort: Tensor  # row -> index in the groups' rows laid end to end
+    max_len: int
+    whole: Layout  # one group: every prompt padded to the longest (attention whose scores or pattern are hooked)
+    grouped: Layout  # prompts of similar length in groups (fused attention: less padding)
 
 
-def _group(rows: Tensor, lengths: Tensor, starts: Tensor) -> Group:
-    ln = lengths[rows]
-    max_len = int(ln.max())
-    pos = torch.arange(max_len, device=lengths.device)
-    slots = starts[rows][:, None] + torch.minimum(pos[None, :], ln[:, None] - 1)
-    real = torch.nonzero((pos[None, :] < ln[:, None]).flatten()).flatten()
-    return Group(rows, slots.flatten(), real, max_len)
+def _layout(groups: list[Tensor], lengths: Tensor, starts: Tensor) -> Layout:
+    slots, real, shapes, offset = [], [], [], 0
+    for rows in groups:
+        ln = lengths[rows]
+        max_len = int(ln.max())
+        pos = torch.arange(max_len, device=lengths.device)
+        slots.append((starts[rows][:, None] + torch.minimum(pos[None, :], ln[:, None] - 1)).flatten())
+        real.append(offset + torch.nonzero((pos[None, :] < ln[:, None]).flatten()).flatten())
+        shapes.append((rows, max_len))
+        offset += len(rows) * max_len
+    all_slots, real_slots = torch.cat(slots), torch.cat(real)
+    tokens = torch.empty_like(real_slots)
+    tokens[all_slots[real_slots]] = real_slots
+    return Layout(tuple(shapes), all_slots, tokens, torch.argsort(torch.cat(groups)))
 
 
 def packing_of(lengths: Tensor, group_rows: int = 16, n_groups: int = 4) -> Packing:
@@ -60,17 +68,12 @@ def packing_of(lengths: Tensor, group_rows: int = 16, n_groups: int = 4) -> Pack
     if int(lengths.min()) < 1:
         raise ValueError(f"packed prompts need at least one token each, got a length {int(lengths.min())}")
     starts = torch.cumsum(lengths, 0) - lengths
-    everyone = torch.arange(len(lengths), device=lengths.device)
-    whole = _group(everyone, lengths, starts)
     by_length = torch.argsort(lengths, stable=True)
-    groups = tuple(_group(rows, lengths, starts)
-                   for rows in by_length.split(max(group_rows, -(-len(lengths) // n_groups))))
-    grouped_rows = torch.cat([g.rows for g in groups])
-    packed_of_grouped = torch.cat([g.slots.index_select(0, g.real) for g in groups])
-    unsort = torch.argsort(packed_of_grouped)
+    grouped = _layout(list(by_length.split(max(group_rows, -(-len(lengths) // n_groups)))), lengths, starts)
+    whole = _layout([torch.arange(len(lengths), device=lengths.device)], lengths, starts)
     positions = (torch.arange(int(lengths.sum()), device=lengths.device)
                  - torch.repeat_interleave(starts, lengths)).unsqueeze(0)
-    return Packing(lengths, starts, positions, whole, groups, unsort, torch.argsort(grouped_rows))
+    return Packing(lengths, starts, positions, int(lengths.max()), whole, grouped)
 
 
 def pack(x: Tensor, lengths: Tensor) -> Tensor:
@@ -79,16 +82,16 @@ def pack(x: Tensor, lengths: Tensor) -> Tensor:
     return x[is_real].unsqueeze(0)
 
 
-def to_padded(x: Tensor, group: Group) -> Tensor:
-    """Packed `[1, sum(lengths), ...]` -> the group's prompts right-padded, `[rows, max_len, ...]`
-    (padding repeats each prompt's last token: finite, and behind every real query under the causal mask)."""
-    return x[0].index_select(0, group.slots).view(len(group.rows), group.max_len, *x.shape[2:])
+def to_padded(x: Tensor, layout: Layout) -> list[Tensor]:
+    """Packed `[1, sum(lengths), ...]` -> each group's prompts right-padded, `[rows, max_len, ...]`."""
+    parts = x[0].index_select(0, layout.slots).split([len(rows) * n for rows, n in layout.groups])
+    return [part.view(len(rows), n, *x.shape[2:]) for part, (rows, n) in zip(parts, layout.groups)]
 
 
-def to_packed(x: Tensor, group: Group) -> Tensor:
-    """The group's prompts right-padded `[rows, max_len, ...]` -> their tokens `[n, ...]` (padding
-    dropped), in packed order within the group."""
-    return x.reshape(-1, *x.shape[2:]).index_select(0, group.real)
+def to_packed(padded: list[Tensor], layout: Layout) -> Tensor:
+    """Each group's prompts right-padded `[rows, max_len, ...]` -> packed `[1, sum(lengths), ...]`."""
+    flat = torch.cat([p.reshape(-1, *p.shape[2:]) for p in padded])
+    return flat.index_select(0, layout.tokens).unsqueeze(0)
 
 
 def at_positions(packing: Packing, at: Tensor) -> Tensor:

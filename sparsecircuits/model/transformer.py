@@ -181,6 +181,7 @@ class Attention(nn.Module):
         self.b_V = nn.Parameter(torch.zeros(KV * dh)) if cfg.bias_qkv else None
         self.b_O = nn.Parameter(torch.zeros(d)) if cfg.bias_attn_out else None
         self.sink = nn.Parameter(torch.zeros(H)) if cfg.attn_sink else None
+        self._mask_cache: tuple[tuple, Tensor] | None = None  # the last additive mask of `_fused`, reused while it fits
         for name in ("hook_q", "hook_k", "hook_v", "hook_attn_scores", "hook_pattern", "hook_z"):
             setattr(self, name, HookPoint())
         for site in ("q", "k", "v"):  # AbsTopK's selection on the projections, [batch, pos, n * d_head]
@@ -255,7 +256,7 @@ class Attention(nn.Module):
             B = len(packing.lengths)
         if cfg.positions == "rotary":
             pos = packing.positions if packing is not None else None if padding is None else padding.positions
-            length = packing.whole.max_len if packing is not None else T
+            length = packing.max_len if packing is not None else T
             q_pos = pos if at is None else at.view(B, 1) if pos is None or packing is not None else self._at(pos, at, None)
             q = self.hook_rot_q(self._rotary(q, q_pos, length))
             k = self.hook_rot_k(self._rotary(k, pos, length))
@@ -283,18 +284,16 @@ class Attention(nn.Module):
         tokens gathered back. Explicit attention (hooked scores / pattern) uses one group of all
         prompts, so its hooks fire once; the output is packed, `[1, sum(lengths), head, d_head]`, or
         `[batch, 1, head, d_head]` with `at`."""
+        layout = packing.whole if explicit else packing.grouped
+        ks, vs = to_padded(k, layout), to_padded(v, layout)
+        qs = to_padded(q, layout) if at is None else [q[rows] for rows, _ in layout.groups]  # q: [batch, 1, ...] at `at`
         zs = []
-        for g in (packing.whole,) if explicit else packing.groups:
-            kg, vg = to_padded(k, g), to_padded(v, g)
-            if at is None:
-                qg, qpos = to_padded(q, g), None
-            else:
-                qg, qpos = q[g.rows], at[g.rows].view(-1, 1)  # q: [batch, 1, ...], the queries at `at`
-            z = self._explicit(qg, kg, vg, qpos) if explicit else self._fused(qg, kg, vg, qpos)
-            zs.append(z if at is not None else to_packed(z, g))
+        for (rows, _), qg, kg, vg in zip(layout.groups, qs, ks, vs):
+            qpos = None if at is None else at[rows].view(-1, 1)
+            zs.append(self._explicit(qg, kg, vg, qpos) if explicit else self._fused(qg, kg, vg, qpos))
         if at is not None:
-            return zs[0] if explicit else torch.cat(zs).index_select(0, packing.rows_unsort)
-        return zs[0].unsqueeze(0) if explicit else torch.cat(zs).index_select(0, packing.unsort).unsqueeze(0)
+            return torch.cat(zs).index_select(0, layout.rows)
+        return to_packed(zs, layout)
 
     def _allowed(self, T: int, device: torch.device, qpos: Tensor | None = None,
                  real: Tensor | None = None) -> Tensor:
@@ -354,12 +353,20 @@ class Attention(nn.Module):
                 allowed = allowed | empty
             if self.sink is not None and self.sink.requires_grad and torch.is_grad_enabled():
                 return self._fused_sink_channel(q, k, v, allowed).transpose(1, 2)
-            mask = q.new_zeros(allowed.shape).masked_fill(~allowed, float("-inf")).expand(Bm, H, Tq, T)
+            key = (Tq, T, q.dtype, q.device, None if self.sink is None else (self.sink.data_ptr(), self.sink._version))
+            if qpos is None and real is None and self._mask_cache is not None and self._mask_cache[0] == key:
+                mask = self._mask_cache[1]  # the same causal (+ window, + sink) mask as last time
+            else:
+                with torch.inference_mode(False):  # a mask made under inference_mode could not be saved for backward
+                    mask = q.new_zeros(allowed.shape).masked_fill(~allowed, float("-inf")).expand(Bm, H, Tq, T)
+                    if self.sink is not None:
+                        # The sink is one more key, of value zero, whose logit comes from the additive mask.
+                        sink = self.sink.detach().to(q.dtype).view(1, H, 1, 1).expand(Bm, H, Tq, 1)
+                        mask = torch.cat((mask, sink), dim=-1)
+                if qpos is None and real is None:
+                    self._mask_cache = (key, mask)
             if self.sink is not None:
-                # The sink is one more key, of value zero, whose logit comes from the additive mask.
-                zeros = k.new_zeros(B, k.shape[1], 1, dh)
-                k, v = torch.cat((k, zeros), dim=2), torch.cat((v, zeros), dim=2)
-                mask = torch.cat((mask, self.sink.to(q.dtype).view(1, H, 1, 1).expand(Bm, H, Tq, 1)), dim=-1)
+                k, v = F.pad(k, (0, 0, 0, 1)), F.pad(v, (0, 0, 0, 1))  # the sink's key and value: zero
             z = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scale, enable_gqa=gqa)
             if empty is not None:
                 z = z.masked_fill(empty, 0.0)
@@ -609,7 +616,7 @@ class Transformer(HookedModule):
     def _check_tokens(self, tokens: Tensor, packing: Packing | None = None) -> None:
         if tokens.dim() != 2 or tokens.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"tokens must be an integer tensor [batch, pos], got {tokens.dtype} {tuple(tokens.shape)}")
-        longest = tokens.shape[1] if packing is None else packing.whole.max_len
+        longest = tokens.shape[1] if packing is None else packing.max_len
         if longest > self.cfg.n_ctx:
             raise ValueError(f"sequence of {longest} tokens exceeds the model's n_ctx={self.cfg.n_ctx}")
         if tokens.numel() and (int(tokens.min()) < 0 or int(tokens.max()) >= self.cfg.d_vocab):

@@ -284,6 +284,20 @@ def test_rotary_tables_made_under_inference_mode_still_allow_backward():
     torch.testing.assert_close(out.detach(), expected)
 
 
+def test_attention_masks_made_under_inference_mode_still_allow_backward():
+    """The fused path reuses its additive (causal + sink) mask; one made under inference_mode must
+    still serve a later forward whose backward saves it (a frozen sink, as when pruning)."""
+    model = tiny_model()
+    for block in model.blocks:
+        block.attn.sink.requires_grad_(False)
+    with torch.inference_mode():
+        expected = model(tokens())
+    out = model(tokens())  # same shape: the cached masks are reused
+    out.sum().backward()
+    torch.testing.assert_close(out.detach(), expected)
+    assert model.blocks[0].attn.W_Q.grad is not None
+
+
 def test_logits_at_one_position_per_row_match_full_forward():
     model = tiny_model(bigram_table=True)
     tokens = torch.randint(0, model.cfg.d_vocab, (3, 9))

@@ -101,7 +101,9 @@ def test_pack_and_packing_agree():
         padded[i, : len(p)] = p
     assert torch.equal(pack(padded, lengths)[0], torch.cat(_prompts(MANY)))
     packing = packing_of(lengths)
-    assert sum(len(g.rows) for g in packing.groups) == len(MANY) and len(packing.groups) > 1
+    groups = packing.grouped.groups
+    assert sorted(torch.cat([rows for rows, _ in groups]).tolist()) == list(range(len(MANY))) and len(groups) > 1
+    assert [n for _, n in groups] == [int(torch.tensor(MANY)[rows].max()) for rows, _ in groups]
     assert torch.equal(packing.positions[0], torch.cat([torch.arange(n) for n in MANY]))
 
 

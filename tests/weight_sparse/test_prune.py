@@ -189,7 +189,7 @@ def test_node_effects_resumed_per_layer_equal_full_single_ablations(baseline):
             assert value == pytest.approx(want, abs=1e-5), node_id
 
 
-@pytest.mark.parametrize("packed_tokens", [16384, 9])
+@pytest.mark.parametrize("packed_tokens", [8192, 9])
 @pytest.mark.parametrize("baseline", ["mean", "counterfactual"])
 def test_packed_and_length_sorted_runs_equal_one_padded_forward(baseline, packed_tokens, monkeypatch):
     """MaskedTask runs shared masks on packed prompts (in one pass, or in several when they exceed
