@@ -15,7 +15,7 @@ import torch
 from torch import Tensor
 
 from sparsecircuits.ablation import NodeSite, counterfactual_baselines, masked_hooks
-from sparsecircuits.model.packing import pack
+from sparsecircuits.model.packing import pack, shared_prefix_packing
 from sparsecircuits.model.transformer import Transformer
 from sparsecircuits.tasks.base import TaskData, last_logits, logit_diff, task_loss
 
@@ -96,7 +96,8 @@ class MaskedTask:
         """Logits at each row's last prompt position under masks, [rows, d_vocab].
 
         With masks shared by all rows, the prompts run packed (`model/packing.py`: laid end to end in
-        one row, no padding, one pass per `_PACKED_TOKENS` tokens). Per-row masks (`[rows, 1, *shape]`)
+        one row, no padding, common prefixes computed once unless the baseline is per example, one
+        pass per `_PACKED_TOKENS` tokens). Per-row masks (`[rows, 1, *shape]`)
         run padded instead, rows sorted by prompt length in chunks, each cut to its longest prompt:
         with right padding and causal attention the last-position logits do not depend on the padding,
         so both are exact (a batch padded to its longest prompt spends up to a third of its compute
@@ -128,15 +129,18 @@ class MaskedTask:
             first += n_rows
             ln = lengths[rows]
             width = int(ln.max())
-            b = base
-            if self.per_example and base is not None:
-                b = {h: pack(v[rows, :width], ln) for h, v in base.items()}
+            b, packed = base, ln
+            if self.per_example or start is not None:  # per-prompt inputs: no prefix is shared
+                row = pack(tokens[rows, :width], ln)
+                if self.per_example and base is not None:
+                    b = {h: pack(v[rows, :width], ln) for h, v in base.items()}
+            else:  # prompts that begin alike compute their common prefix once
+                row, packed = shared_prefix_packing(tokens[rows, :width], ln)
             resume = None if start is None else (start[0], pack(start[1][rows, :width], ln))
             with self.model.hooks(masked_hooks(masks, b)):
                 # trim: the last block computes the last position only (its hooks see one position,
                 # which a per-example baseline, indexed by position, cannot follow)
-                parts.append(self.model(pack(tokens[rows, :width], ln), at=ln - 1, trim=not self.per_example,
-                                        start=resume, packed=ln)[:, 0])
+                parts.append(self.model(row, at=ln - 1, trim=not self.per_example, start=resume, packed=packed)[:, 0])
         return torch.cat(parts)
 
     @torch.no_grad()

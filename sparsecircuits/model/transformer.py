@@ -516,7 +516,7 @@ class Transformer(HookedModule):
     def forward(self, tokens: Int[Tensor, "batch pos"], attention_mask: Tensor | None = None,
                 at: Int[Tensor, " batch"] | None = None, trim: bool = False,
                 start: tuple[int, Float[Tensor, "batch pos d_model"]] | None = None,
-                packed: Int[Tensor, " batch"] | None = None,
+                packed: Int[Tensor, " batch"] | Packing | None = None,
                 ) -> Float[Tensor, "batch pos d_vocab"]:
         """Logits at every position, or with `at` only at one position per row ([batch, 1, d_vocab]:
         e.g. each prompt's last token, which is all a task metric reads; the final norm and its hooks
@@ -535,7 +535,8 @@ class Transformer(HookedModule):
         (`model/packing.py`), every hook sees that packed row (attention scores and pattern excepted:
         they are laid out padded, `[batch, head, max_len, max_len]`), and the logits are `[1, sum, d_vocab]`,
         or with `at` (a position within each prompt) `[batch, 1, d_vocab]`; `start`'s residual is packed too.
-        Not with `attention_mask`."""
+        `packed` may also be a `Packing` (e.g. `model/packing.shared_prefix_packing`'s, whose row stores
+        common prefixes once). Not with `attention_mask`."""
         packing = None if packed is None else self._check_packed(packed, tokens, at, attention_mask)
         self._check_tokens(tokens, packing)
         padding = None if attention_mask is None else padding_of(self._check_mask(attention_mask, tokens, at))
@@ -598,16 +599,19 @@ class Transformer(HookedModule):
         return mask
 
     @staticmethod
-    def _check_packed(lengths: Tensor, tokens: Tensor, at: Tensor | None, mask: Tensor | None) -> Packing:
-        """The `Packing` of `packed=lengths`, checked against `tokens` and `at`."""
+    def _check_packed(packed: Tensor | Packing, tokens: Tensor, at: Tensor | None, mask: Tensor | None) -> Packing:
+        """The `Packing` of `packed` (lengths, or a `Packing`), checked against `tokens` and `at`."""
         if mask is not None:
             raise ValueError("packed prompts have no padding: pass either packed= or attention_mask, not both")
-        if lengths.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"packed lengths must be integers, got {lengths.dtype}")
-        packing = packing_of(lengths.to(tokens.device))
-        if tokens.dim() != 2 or tokens.shape[0] != 1 or tokens.shape[1] != int(packing.lengths.sum()):
-            raise ValueError(f"packed tokens must be one row [1, sum(lengths)] = [1, {int(packing.lengths.sum())}], "
-                             f"got {tuple(tokens.shape)}")
+        if isinstance(packed, Packing):
+            packing, n = packed, packed.positions.shape[1]
+        else:
+            if packed.dtype not in (torch.int64, torch.int32):
+                raise ValueError(f"packed lengths must be integers, got {packed.dtype}")
+            packing = packing_of(packed.to(tokens.device))
+            n = int(packing.lengths.sum())
+        if tokens.dim() != 2 or tokens.shape[0] != 1 or tokens.shape[1] != n:
+            raise ValueError(f"packed tokens must be one row [1, sum(lengths)] = [1, {n}], got {tuple(tokens.shape)}")
         if at is not None and (at.shape != packing.lengths.shape or bool((at < 0).any())
                                or bool((at >= packing.lengths).any())):
             raise ValueError("with packed prompts, at must give one position within each prompt ([batch], 0 <= at < length)")

@@ -3,7 +3,8 @@
 Ground truth is each prompt run alone. The packed row must give every prompt's own logits at every
 token and, with `at=`, at one token per prompt (with and without `trim`), on every attention path and
 model variant of `test_attention_mask.py`; parameter gradients must be the sum of the prompts' own;
-many prompts of mixed lengths (several attention groups) and resuming with `start` must agree too.
+many prompts of mixed lengths (several attention groups) and resuming with `start` must agree too,
+and so must prompts packed with their common prefixes stored once (`shared_prefix_packing`).
 Hooks see the packed row (attention scores and pattern excepted, laid out padded, and fired once).
 """
 
@@ -14,7 +15,7 @@ import torch
 from test_attention_mask import PATHS, VARIANTS, _path, _strong_sinks
 
 from conftest import tiny_model
-from sparsecircuits.model.packing import pack, packing_of
+from sparsecircuits.model.packing import at_positions, pack, packing_of, shared_prefix_packing
 
 ATOL = 1e-5
 
@@ -122,3 +123,56 @@ def test_bad_packed_input_is_named(call, message):
     row, ln = torch.arange(8)[None], torch.tensor([3, 1, 4])
     with pytest.raises(ValueError, match=message):
         call(model, row, ln)
+
+
+def _stemmed_prompts() -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Prompts that share prefixes: three stems with random continuations, a prompt that is a prefix
+    of another, a repeated prompt, and one that shares nothing; and their right-padded batch."""
+    g = torch.Generator().manual_seed(5)
+    stems = [torch.randint(0, 97, (n,), generator=g) for n in (3, 6, 1)]
+    prompts = [torch.cat([stems[i % 3], torch.randint(0, 97, (int(torch.randint(0, 6, (1,), generator=g)),),
+                                                      generator=g)]) for i in range(20)]
+    prompts += [prompts[4][:2], prompts[7].clone(), torch.randint(0, 97, (9,), generator=g)]
+    padded = torch.zeros(len(prompts), max(len(p) for p in prompts), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        padded[i, : len(p)] = p
+    return prompts, padded
+
+
+@pytest.mark.parametrize("variant", ["default", "learned", "partial_rotary", "gemma2", "parallel"])
+def test_shared_prefixes_give_each_prompts_own_logits_and_gradients(variant):
+    model = _strong_sinks(tiny_model(**VARIANTS[variant]))
+    prompts, padded = _stemmed_prompts()
+    lengths = torch.tensor([len(p) for p in prompts])
+    row, packing = shared_prefix_packing(padded, lengths)
+    distinct = {tuple(p[: i + 1].tolist()) for p in prompts for i in range(len(p))}
+    assert row.shape == (1, len(distinct)) < (1, int(lengths.sum()))
+    weights = [torch.randn(len(p), model.cfg.d_vocab, generator=torch.Generator().manual_seed(i))
+               for i, p in enumerate(prompts)]
+    for p, w in zip(prompts, weights):
+        (model(p[None])[0][-1] * w[-1]).sum().backward()
+    expected = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    with torch.no_grad():
+        alone = [model(p[None])[0] for p in prompts]
+    for path in ("fused", "explicit", "split"):
+        with _path(model, path):
+            logits = model(row, packed=packing)[0]
+        for i, p in enumerate(prompts):
+            torch.testing.assert_close(logits[packing.index[i, : len(p)]], alone[i], atol=ATOL, rtol=ATOL, msg=path)
+    for path in ("fused", "explicit"):
+        model.zero_grad()
+        with _path(model, path):
+            last = model(row, packed=packing, at=lengths - 1, trim=True)[:, 0]
+        torch.testing.assert_close(last.detach(), torch.stack([a[-1] for a in alone]), atol=ATOL, rtol=ATOL)
+        (last * torch.stack([w[-1] for w in weights])).sum().backward()
+        for n, g in expected.items():
+            torch.testing.assert_close(dict(model.named_parameters())[n].grad, g, atol=1e-4, rtol=1e-4, msg=f"{path} {n}")
+    assert torch.equal(at_positions(packing, lengths - 1), packing.index[torch.arange(len(prompts)), lengths - 1])
+
+
+def test_a_packing_given_for_other_tokens_is_refused():
+    model = tiny_model()
+    prompts, padded = _stemmed_prompts()
+    row, packing = shared_prefix_packing(padded, torch.tensor([len(p) for p in prompts]))
+    with pytest.raises(ValueError, match=r"one row \[1, sum\(lengths\)\]"):
+        model(torch.cat([row, row], 1), packed=packing)
