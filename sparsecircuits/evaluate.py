@@ -15,7 +15,9 @@ import torch
 from torch import Tensor
 
 from sparsecircuits.ablation import NodeSite, counterfactual_baselines, masked_hooks
-from sparsecircuits.model.packing import pack, shared_prefix_packing
+from sparsecircuits.model.cache import cache_until
+from sparsecircuits.model.hooks import HookFn, HookPoint
+from sparsecircuits.model.packing import pack, packing_of, replicate, shared_prefix_packing
 from sparsecircuits.model.transformer import Transformer
 from sparsecircuits.tasks.base import TaskData, last_logits, logit_diff, task_loss
 
@@ -53,76 +55,53 @@ class MaskedTask:
         base = self.base
         if self.per_example and base is not None and idx is not None:
             base = {h: v[idx] for h, v in base.items()}
-        last = self._last_logits(d.tokens, d.lengths, masks, base, per_row_masks=False)
-        return logit_diff(last, d)
+        return logit_diff(self._last_logits(d.tokens, d.lengths, masks, base), d)
 
     @torch.no_grad()
-    def diff_stacked(self, masks: dict[str, Tensor], start: tuple[int, Tensor] | None = None) -> Tensor:
-        """Logit differences of every example under each of c mask sets, in one batched forward.
-
-        `masks[hook]` has a leading dim c (one mask set per row); returns [c, n_examples]. Used to
-        ablate many single nodes at once: c copies of the examples, each with its own masks. With
-        `start=(layer, resid)` (`resid` from `block_inputs`), the pass starts at that block: every
-        mask set must then agree on the sites before it (only later masks are applied)."""
-        c = next(iter(masks.values())).shape[0]
+    def ablated_diffs(self, masks: dict[str, Tensor], nodes: list[tuple[str, int]], layer: int = 0,
+                      max_rows: int = 64) -> Tensor:
+        """Logit differences of every example with each of `nodes` ablated in turn on top of `masks`:
+        `[len(nodes), n_examples]`. A node is `(hook, i)`, channel i of the site's flattened shape; it
+        takes its baseline there, as under a mask of 0. Every node must be in block `layer` or later:
+        the residual entering that block under `masks` is computed once and every pass starts there.
+        Each node gets its own copy of the examples; copies run side by side, packed (common
+        prefixes shared within a copy unless the baseline is per example), `max_rows` examples a pass."""
         d, n = self.data, len(self.data)
-        tiled = {h: m.repeat_interleave(n, 0).unsqueeze(1) for h, m in masks.items()}  # [c*n, 1, *shape]
-        base = self.base
-        if self.per_example and base is not None:
-            base = {h: v.repeat(c, *([1] * (v.dim() - 1))) for h, v in base.items()}
-        if start is not None:
-            start = (start[0], start[1].repeat(c, 1, 1))
-        last = self._last_logits(d.tokens.repeat(c, 1), d.lengths.repeat(c), tiled, base, per_row_masks=True,
-                                 start=start)
-        rows = torch.arange(c * n)
-        diff = last[rows, d.correct.repeat(c)] - last[rows, d.incorrect.repeat(c)]
-        return diff.view(c, n)
-
-    @torch.no_grad()
-    def block_inputs(self, masks: dict[str, Tensor], layers: list[int]) -> dict[int, Tensor]:
-        """The residual entering each block in `layers` (its `hook_resid_pre`) under masks, for every
-        example: `{layer: [n_examples, pos, d_model]}` (prompts right-padded; positions past a
-        prompt's end are never read by its last-position logits). One forward, stopped after the
-        last of them. `diff_stacked(..., start=(layer, resid))` resumes from one."""
-        from sparsecircuits.model.cache import cache_until
-
-        hooks = [f"blocks.{layer}.hook_resid_pre" for layer in layers]
-        cache = cache_until(self.model, self.data.tokens, hooks, masked_hooks(masks, self.base))
-        return {layer: cache[h] for layer, h in zip(layers, hooks)}
+        if self.per_example:
+            row, packing = pack(d.tokens, d.lengths), packing_of(d.lengths)
+            base = {h: pack(v[:, : d.tokens.shape[1]], d.lengths) for h, v in (self.base or {}).items()}
+        else:
+            (row, packing), base = shared_prefix_packing(d.tokens, d.lengths), self.base
+        hooks = masked_hooks(masks, base)
+        start = None
+        if layer > 0:
+            entry = f"blocks.{layer}.hook_resid_pre"
+            start = cache_until(self.model, row, [entry], hooks, packed=packing)[entry]
+        per_pass = max(1, max_rows // max(1, n))
+        out = []
+        for k in range(0, len(nodes), per_pass):
+            part = nodes[k : k + per_pass]
+            c = len(part)
+            copies = replicate(packing, c)
+            resume = None if start is None else (layer, start.repeat(1, c, 1))
+            if self.per_example:  # each copy reads the same per-example baselines
+                hooks = masked_hooks(masks, {h: v.repeat(1, c, *[1] * (v.dim() - 2)) for h, v in base.items()})
+            with self.model.hooks(hooks + _ablation_hooks(part, base, row.shape[1], n, self.per_example)):
+                last = self.model(row.repeat(1, c), packed=copies, at=copies.lengths - 1,
+                                  trim=not self.per_example, start=resume)[:, 0]
+            rows = torch.arange(c * n)
+            out.append((last[rows, d.correct.repeat(c)] - last[rows, d.incorrect.repeat(c)]).view(c, n))
+        return torch.cat(out) if out else torch.zeros(0, n)
 
     def _last_logits(self, tokens: Tensor, lengths: Tensor, masks: dict[str, Tensor],
-                     base: dict[str, Tensor] | None, per_row_masks: bool,
-                     start: tuple[int, Tensor] | None = None) -> Tensor:
+                     base: dict[str, Tensor] | None) -> Tensor:
         """Logits at each row's last prompt position under masks, [rows, d_vocab].
 
-        With masks shared by all rows, the prompts run packed (`model/packing.py`: laid end to end in
-        one row, no padding, common prefixes computed once unless the baseline is per example, one
-        pass per `_PACKED_TOKENS` tokens). Per-row masks (`[rows, 1, *shape]`)
-        run padded instead, rows sorted by prompt length in chunks, each cut to its longest prompt:
-        with right padding and causal attention the last-position logits do not depend on the padding,
-        so both are exact (a batch padded to its longest prompt spends up to a third of its compute
-        on padding)."""
+        The prompts run packed (`model/packing.py`: laid end to end in one row, no padding, common
+        prefixes computed once unless the baseline is per example, one pass per `_PACKED_TOKENS`
+        tokens); a prompt's last-position logits do not depend on the others, so this is exact."""
         if not len(lengths):
             return self.model.W_E.new_zeros(0, self.model.cfg.d_vocab)
-        if not per_row_masks:
-            return self._last_logits_packed(tokens, lengths, masks, base, start)
-        order = torch.argsort(lengths, stable=True)
-        parts = []
-        for chunk in order.split(_chunk_rows(len(order))):
-            width = int(lengths[chunk].max())
-            m = {h: v[chunk] for h, v in masks.items()} if per_row_masks else masks
-            b = None if base is None else {h: v[chunk, :width] if self.per_example else v for h, v in base.items()}
-            resume = None if start is None else (start[0], start[1][chunk, :width])
-            with self.model.hooks(masked_hooks(m, b)):
-                # trim: the last block computes the last position only (its hooks see one position,
-                # which a per-example baseline, indexed by position, cannot follow)
-                parts.append(self.model(tokens[chunk, :width], at=lengths[chunk] - 1, trim=not self.per_example,
-                                        start=resume)[:, 0])
-        return torch.cat(parts)[torch.argsort(order)]
-
-    def _last_logits_packed(self, tokens: Tensor, lengths: Tensor, masks: dict[str, Tensor],
-                            base: dict[str, Tensor] | None, start: tuple[int, Tensor] | None) -> Tensor:
-        """`_last_logits` for masks shared by every row: packed passes of consecutive rows."""
         parts, first = [], 0
         for n_rows in _packed_groups(lengths):
             rows = slice(first, first + n_rows)
@@ -130,17 +109,16 @@ class MaskedTask:
             ln = lengths[rows]
             width = int(ln.max())
             b, packed = base, ln
-            if self.per_example or start is not None:  # per-prompt inputs: no prefix is shared
+            if self.per_example:  # per-prompt baselines: no prefix is shared
                 row = pack(tokens[rows, :width], ln)
-                if self.per_example and base is not None:
+                if base is not None:
                     b = {h: pack(v[rows, :width], ln) for h, v in base.items()}
             else:  # prompts that begin alike compute their common prefix once
                 row, packed = shared_prefix_packing(tokens[rows, :width], ln)
-            resume = None if start is None else (start[0], pack(start[1][rows, :width], ln))
             with self.model.hooks(masked_hooks(masks, b)):
                 # trim: the last block computes the last position only (its hooks see one position,
                 # which a per-example baseline, indexed by position, cannot follow)
-                parts.append(self.model(row, at=ln - 1, trim=not self.per_example, start=resume, packed=packed)[:, 0])
+                parts.append(self.model(row, at=ln - 1, trim=not self.per_example, packed=packed)[:, 0])
         return torch.cat(parts)
 
     @torch.no_grad()
@@ -155,6 +133,39 @@ class MaskedTask:
 _PACKED_TOKENS = 8192
 
 
+def _ablation_hooks(nodes: list[tuple[str, int]], base: dict[str, Tensor] | None, n_tokens: int,
+                    n_prompts: int, per_example: bool) -> list[tuple[str, HookFn]]:
+    """Hooks (after the mask hooks) setting node j's channel to its baseline in copy j of the prompts:
+    copy j holds packed tokens [j * n_tokens, (j + 1) * n_tokens), or, where the trimmed last block
+    sees one position per prompt, rows [j * n_prompts, (j + 1) * n_prompts)."""
+    by_hook: dict[str, list[tuple[int, int]]] = {}
+    for j, (hook, i) in enumerate(nodes):
+        by_hook.setdefault(hook, []).append((j, i))
+
+    def hook_fn(pairs: list[tuple[int, int]]) -> HookFn:
+        def fn(x: Tensor, hook: HookPoint) -> Tensor:
+            flat = x.reshape(*x.shape[:2], -1)
+            packed = x.shape[0] == 1 and x.shape[1] == n_tokens * len(nodes)
+            span = n_tokens if packed else n_prompts
+            where = torch.cat([torch.arange(j * span, (j + 1) * span) for j, _ in pairs])
+            channel = torch.tensor([i for _, i in pairs]).repeat_interleave(span)
+            b = None if base is None else base[hook.name]
+            if b is None:
+                value = flat.new_zeros(len(where))
+            elif per_example:  # packed like one copy: [1, n_tokens, *shape] (never trimmed)
+                value = b.reshape(n_tokens, -1)[where % n_tokens, channel].to(x.dtype)
+            else:
+                value = b.reshape(-1)[channel].to(x.dtype)
+            if packed:
+                flat[0, where, channel] = value
+            else:
+                flat[where, 0, channel] = value
+            return flat.view(x.shape)
+        return fn
+
+    return [(hook, hook_fn(pairs)) for hook, pairs in by_hook.items()]
+
+
 def _packed_groups(lengths: Tensor) -> list[int]:
     """Consecutive row counts whose tokens fit `_PACKED_TOKENS` (at least one row each)."""
     budget, groups, n, total = _PACKED_TOKENS, [], 0, 0
@@ -165,12 +176,6 @@ def _packed_groups(lengths: Tensor) -> list[int]:
         n, total = n + 1, total + ln
     groups.append(n)
     return groups
-
-
-def _chunk_rows(n_rows: int, chunks: int = 4, min_rows: int = 16) -> int:
-    """Rows per length-sorted chunk: about `chunks` chunks, none smaller than `min_rows` (smaller
-    chunks waste less padding but cost a forward each)."""
-    return max(min_rows, -(-n_rows // chunks))
 
 
 def calibrated(diff: Tensor, data: TaskData, steps: int = 16) -> Tensor:

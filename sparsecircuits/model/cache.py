@@ -4,6 +4,7 @@ stops the pass after the last of them (the `run_with_cache` of TransformerLens, 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 from torch import Tensor
 
@@ -16,10 +17,11 @@ class _StopForward(Exception):
 
 
 def cache_until(model: Transformer, tokens: Tensor, hooks: Sequence[str],
-                fwd_hooks: Sequence[tuple[str, HookFn]] = ()) -> dict[str, Tensor]:
+                fwd_hooks: Sequence[tuple[str, HookFn]] = (), **forward: Any) -> dict[str, Tensor]:
     """Activations at `hooks`, running the model only up to the last of them (later layers, the
     unembedding and the bigram table are skipped: 2-4x less work for early hooks). `fwd_hooks`
-    (e.g. masks) run during the pass, before the activations are saved."""
+    (e.g. masks) run during the pass, before the activations are saved; `forward` goes to the
+    model's forward (e.g. `packed=`)."""
     order = model.execution_order()
     for h in hooks:  # unknown names: a clear error, not a failed lookup below
         model.resolve_hook_names(h)
@@ -35,7 +37,7 @@ def cache_until(model: Transformer, tokens: Tensor, hooks: Sequence[str],
     # Hooks on one point run in the order given, so `last` is saved before the stop fires.
     try:
         with model.hooks(list(fwd_hooks) + [(h, save) for h in hooks] + [(last, stop)]):
-            model(tokens)
+            model(tokens, **forward)
     except _StopForward:
         pass
     return store

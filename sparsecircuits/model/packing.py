@@ -120,6 +120,14 @@ def shared_prefix_packing(tokens: Tensor, lengths: Tensor, group_rows: int = 16,
     return row, _packing(lengths.to(tokens.device), index, positions, group_rows, n_groups)
 
 
+def replicate(packing: Packing, copies: int, group_rows: int = 16, n_groups: int = 4) -> Packing:
+    """The `Packing` of `row.repeat(1, copies)`: copies of a packed row side by side, copy j's prompts
+    after copy j - 1's (rows j * batch ... (j + 1) * batch - 1)."""
+    n = packing.positions.shape[1]
+    index = torch.cat([packing.index + j * n for j in range(copies)])
+    return _packing(packing.lengths.repeat(copies), index, packing.positions.repeat(1, copies), group_rows, n_groups)
+
+
 def pack(x: Tensor, lengths: Tensor) -> Tensor:
     """Right-padded `[batch, pos, ...]` (prompt b in its first lengths[b] positions) -> packed `[1, sum, ...]`."""
     is_real = torch.arange(x.shape[1], device=x.device)[None, :] < lengths.to(x.device)[:, None]

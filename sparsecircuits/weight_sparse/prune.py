@@ -190,38 +190,24 @@ def kept_nodes(flat_on: Tensor, sites: list[NodeSite]) -> list[Node]:
 
 
 @torch.no_grad()
-def node_effects(task: MaskedTask, flat_on: Tensor, max_rows: int = 1024) -> dict[str, float]:
+def node_effects(task: MaskedTask, flat_on: Tensor, max_rows: int = 64) -> dict[str, float]:
     """Score of each kept node: mean logit diff of the circuit minus that of the circuit without it.
 
     Exact single-node ablations, several nodes of one layer per forward pass (each on its own copy
-    of the examples, at most `max_rows` rows per pass). Ablating a node of layer L changes nothing
-    before block L, so the residual entering block L under the circuit is computed once and each
-    pass starts there (`MaskedTask.block_inputs`): about half the work of full passes."""
+    of the examples, at most `max_rows` rows per pass: small passes keep the activations in the CPU's
+    caches, 64 rows ran ~30% faster than 1024; `MaskedTask.ablated_diffs`). Ablating a node
+    of layer L changes nothing before block L, so the residual entering block L under the circuit is
+    computed once and each pass starts there: about half the work of full passes."""
     circuit = _masks_from_flat(flat_on, task.sites)
     base = float(task.diff(circuit).mean())
     kept = torch.nonzero(flat_on).flatten()
-    site_layer = torch.tensor([s.layer for s in task.sites for _ in range(s.size)], dtype=torch.long)
-    layers = sorted(set(site_layer[kept].tolist()))
-    starts = task.block_inputs(circuit, layers) if layers else {}
-    chunk = max(1, max_rows // max(1, len(task.data)))
+    site_of = [(s, i) for s in task.sites for i in range(s.size)]
     effects = torch.zeros(len(kept))
-    for layer in layers:
-        here = torch.nonzero(site_layer[kept] == layer).flatten()  # positions in `kept`, site order
-        for part in here.split(chunk):
-            rows = flat_on.repeat(len(part), 1)
-            rows[torch.arange(len(part)), kept[part]] = 0.0
-            stacked = {s.hook: m for s, m in zip(task.sites, _masks_from_rows(rows, task.sites)) if s.layer >= layer}
-            effects[part] = base - task.diff_stacked(stacked, start=(layer, starts[layer])).mean(1)
+    for layer in sorted({site_of[k][0].layer for k in kept.tolist()}):
+        here = [p for p, k in enumerate(kept.tolist()) if site_of[k][0].layer == layer]  # site order
+        nodes = [(site_of[k][0].hook, site_of[k][1]) for k in kept[here].tolist()]
+        effects[here] = base - task.ablated_diffs(circuit, nodes, layer, max_rows).mean(1)
     return {n.id: v for n, v in zip(kept_nodes(flat_on, task.sites), effects.tolist())}
-
-
-def _masks_from_rows(rows: Tensor, sites: list[NodeSite]) -> list[Tensor]:
-    """[c, n_nodes] flat masks -> one [c, *shape] mask per site."""
-    out, start = [], 0
-    for s in sites:
-        out.append(rows[:, start : start + s.size].reshape(len(rows), *s.shape))
-        start += s.size
-    return out
 
 
 def split_indices(n: int, seed: int, eval_frac: float = 0.5) -> tuple[Tensor, Tensor]:

@@ -190,19 +190,19 @@ def test_node_effects_resumed_per_layer_equal_full_single_ablations(baseline):
 
 
 @pytest.mark.parametrize("packed_tokens", [8192, 9])
-@pytest.mark.parametrize("baseline", ["mean", "counterfactual"])
-def test_packed_and_length_sorted_runs_equal_one_padded_forward(baseline, packed_tokens, monkeypatch):
-    """MaskedTask runs shared masks on packed prompts (in one pass, or in several when they exceed
-    the token budget) and per-row stacked masks on prompts sorted by length in chunks cut to their
-    longest prompt; both must give the logit differences (and, for shared masks, the gradients) of
-    one forward over the whole right-padded batch."""
+@pytest.mark.parametrize("baseline", ["mean", "zero", "counterfactual"])
+def test_packed_runs_equal_one_padded_forward(baseline, packed_tokens, monkeypatch):
+    """MaskedTask runs prompts packed (common prefixes once unless the baseline is per example; in
+    one pass, or in several when they exceed the token budget); that must give the logit
+    differences and the gradients of one forward over the whole right-padded batch. Its single-node
+    ablations (copies of the packed prompts side by side, from a block's cached input) must equal
+    a mask of 0 on that node."""
     import sparsecircuits.evaluate as evaluate_module
     from sparsecircuits.ablation import masked_hooks
+    from sparsecircuits.tasks.base import logit_diff
+    from sparsecircuits.weight_sparse.prune import _masks_from_flat
 
     monkeypatch.setattr(evaluate_module, "_PACKED_TOKENS", packed_tokens)
-    from sparsecircuits.tasks.base import logit_diff
-    from sparsecircuits.weight_sparse.prune import _masks_from_flat, _masks_from_rows
-
     model, task, g = _ragged_task(baseline)
     data, sites, tokens, lengths = task.data, task.sites, task.data.tokens, task.data.lengths
     n_nodes = sum(s.size for s in sites)
@@ -215,10 +215,16 @@ def test_packed_and_length_sorted_runs_equal_one_padded_forward(baseline, packed
     (g_got,) = torch.autograd.grad(got.sum(), gate)
     (g_want,) = torch.autograd.grad(want.sum(), gate)
     torch.testing.assert_close(g_got, g_want, atol=1e-4, rtol=1e-4)
-    rows = (torch.rand(3, n_nodes, generator=g) < 0.7).float()
-    stacked = task.diff_stacked({s.hook: m for s, m in zip(sites, _masks_from_rows(rows, sites))})
-    for r in range(3):
-        torch.testing.assert_close(stacked[r], task.diff(_masks_from_flat(rows[r], sites)).detach(), atol=1e-5, rtol=1e-5)
+    on = gate.detach()
+    flat = [(s, i) for s in sites for i in range(s.size)]
+    for layer in (0, 1):
+        picks = [k for k in torch.randperm(n_nodes, generator=g).tolist() if flat[k][0].layer >= layer][:5]
+        nodes = [(flat[k][0].hook, flat[k][1]) for k in picks]
+        ablated = task.ablated_diffs(_masks_from_flat(on, sites), nodes, layer, max_rows=2 * len(data))
+        for row, k in zip(ablated, picks):
+            off = on.clone()
+            off[k] = 0.0
+            torch.testing.assert_close(row, task.diff(_masks_from_flat(off, sites)).detach(), atol=1e-5, rtol=1e-5)
 
 
 def test_bisection_reuses_known_evaluations_and_returns_the_circuits_own(setup):
