@@ -5,7 +5,9 @@ Three tables, each measured in fresh processes (one torch thread unless said oth
     defaults): wall and CPU seconds from loading the checkpoint, tokenizer, task and (cached) mean
     baselines to the finished circuit. With `--base DIR` (a checkout of the previous code, e.g.
     `git worktree add /tmp/base HEAD~1`), its prunes run interleaved with this checkout's, old, new,
-    old, new, ..., and the table says whether each circuit (nodes, edges, node scores) is identical;
+    old, new, ..., and the table says whether each circuit is the same: identical nodes and edges
+    (`structure`) and node scores equal up to float rounding (the largest difference is reported;
+    `circuit` hashes the scores too, so it shows where they are bitwise equal);
   * scaling: CPU milliseconds per gate step (batch 64, block_colon prompts) of random models built
     from the quickstart config at several layers x d_model, old and new side by side when `--base`;
   * threads: wall and CPU seconds of a prune (quickstart budget) and of training steps of the shipped
@@ -61,10 +63,12 @@ def _worker_prune(job: dict) -> dict:
         config = {}
     result = prune_task(ck.model, data, PruneConfig(**config), means)
     circuit = result.circuit
-    ident = json.dumps({"nodes": sorted(n.id for n in circuit.nodes),
-                        "edges": sorted(str(e) for e in circuit.edges), "scores": circuit.scores}, sort_keys=True)
+    nodes, edges = sorted(n.id for n in circuit.nodes), sorted(str(e) for e in circuit.edges)
+    ident = json.dumps({"nodes": nodes, "edges": edges, "scores": circuit.scores}, sort_keys=True)
+    structure = json.dumps({"nodes": nodes, "edges": edges})
     return {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0,
-            "nodes": circuit.metadata["n_nodes"], "edges": circuit.metadata["n_edges"],
+            "nodes": circuit.metadata["n_nodes"], "edges": circuit.metadata["n_edges"], "scores": circuit.scores,
+            "structure_sha256": hashlib.sha256(structure.encode()).hexdigest()[:16],
             "circuit_sha256": hashlib.sha256(ident.encode()).hexdigest()[:16]}
 
 
@@ -241,21 +245,27 @@ def main() -> None:
     yard.append(yardstick_seconds(repeats=7))
 
     table = Table(title=f"prune {args.task}, shipped sparse model, all-in, one thread")
-    for col in ("round", "code", "wall s", "CPU s", "nodes", "edges", "circuit", "load"):
+    for col in ("round", "code", "wall s", "CPU s", "nodes", "edges", "structure", "circuit", "load"):
         table.add_column(col, justify="right")
     for r in result["all_in"]:
         table.add_row(str(r["round"]), r["code"], f"{r['wall_s']:.1f}", f"{r['cpu_s']:.1f}", str(r["nodes"]),
-                      str(r["edges"]), r["circuit_sha256"], f"{r['load_1min']:.1f}")
+                      str(r["edges"]), r["structure_sha256"], r["circuit_sha256"], f"{r['load_1min']:.1f}")
     console.print(table)
     cpu = {c: sum(r["cpu_s"] for r in result["all_in"] if r["code"] == c) for c in ("old", "new")}
     wall = {c: sum(r["wall_s"] for r in result["all_in"] if r["code"] == c) for c in ("old", "new")}
     summary: dict = {}
     if cpu["old"]:
-        hashes = {r["circuit_sha256"] for r in result["all_in"]}
+        rows = result["all_in"]
+        first = rows[0]["scores"]
+        same = (len({r["structure_sha256"] for r in rows}) == 1
+                and all(r["scores"].keys() == first.keys() for r in rows))
+        score_diff = max((abs(r["scores"][k] - first[k]) for r in rows for k in first), default=0.0) if same else None
         summary = {"cpu_speedup": cpu["old"] / cpu["new"], "wall_speedup": wall["old"] / wall["new"],
-                   "circuits_identical": len(hashes) == 1}
+                   "same_nodes_and_edges": same, "max_node_score_difference": score_diff,
+                   "circuits_bitwise_identical": len({r["circuit_sha256"] for r in rows}) == 1}
         console.print(f"old/new: {summary['cpu_speedup']:.2f}x CPU, {summary['wall_speedup']:.2f}x wall; "
-                      f"circuits identical: {summary['circuits_identical']}")
+                      f"same nodes and edges: {same}; largest node-score difference: {score_diff}; "
+                      f"bitwise identical: {summary['circuits_bitwise_identical']}")
     result["summary"] = summary
     if result["scaling"]:
         table = Table(title="CPU ms per gate step (batch 64), random models")
