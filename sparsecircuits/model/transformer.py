@@ -96,6 +96,13 @@ def _maybe_topk(x: Tensor, cfg: ModelConfig, site: str, keep: HookPoint | None =
     return x * (keep(mask) if keep is not None else mask)
 
 
+def _at(x: Tensor, at: Tensor, packing: Packing | None) -> Tensor:
+    """`x` [batch, pos, ...] (or a packed row) at position `at[b]` of each row (prompt): [batch, 1, ...]."""
+    if packing is not None:
+        return x[0, at_positions(packing, at)].unsqueeze(1)
+    return x[torch.arange(len(x), device=x.device), at].unsqueeze(1)
+
+
 def _keep_hook(cfg: ModelConfig, site: str) -> HookPoint | None:
     """The hook on AbsTopK's selection at `site` (only where AbsTopK is on)."""
     return HookPoint() if cfg.sparse_at(site) else None
@@ -243,12 +250,12 @@ class Attention(nn.Module):
         if split is None:
             assert x is not None
             B, T, _ = x.shape
-            q = self.hook_q(self._project(x if at is None else self._at(x, at, packing), self.W_Q, self.b_Q, "q", H))
+            q = self.hook_q(self._project(x if at is None else _at(x, at, packing), self.W_Q, self.b_Q, "q", H))
             k = self.hook_k(self._project(x, self.W_K, self.b_K, "k", KV))
             v = self.hook_v(self._project(x, self.W_V, self.b_V, "v", KV))
         else:
             B, T = split[0].shape[:2]
-            q_in = split[0] if at is None else self._at(split[0], at, packing)
+            q_in = split[0] if at is None else _at(split[0], at, packing)
             q = self.hook_q(self._project_split(q_in, self.W_Q, self.b_Q, "q"))
             k = self.hook_k(self._project_split(split[1], self.W_K, self.b_K, "k"))
             v = self.hook_v(self._project_split(split[2], self.W_V, self.b_V, "v"))
@@ -257,7 +264,7 @@ class Attention(nn.Module):
         if cfg.positions == "rotary":
             pos = packing.positions if packing is not None else None if padding is None else padding.positions
             length = packing.max_len if packing is not None else T
-            q_pos = pos if at is None else at.view(B, 1) if pos is None or packing is not None else self._at(pos, at, None)
+            q_pos = pos if at is None else at.view(B, 1) if pos is None or packing is not None else _at(pos, at, None)
             q = self.hook_rot_q(self._rotary(q, q_pos, length))
             k = self.hook_rot_k(self._rotary(k, pos, length))
         explicit = self.hook_attn_scores.active or self.hook_pattern.active or bool(cfg.attn_softcap)
@@ -269,13 +276,6 @@ class Attention(nn.Module):
             z = self._explicit(q, k, v, qpos, real) if explicit else self._fused(q, k, v, qpos, real)
         z = self.hook_z(z)  # [batch, pos, head, d_head]
         return F.linear(z.reshape(*z.shape[:2], H * dh), self.W_O, self.b_O)
-
-    @staticmethod
-    def _at(x: Tensor, at: Tensor, packing: Packing | None) -> Tensor:
-        """`x` [batch, pos, ...] (or a packed row) at position `at[b]` of each row (prompt): [batch, 1, ...]."""
-        if packing is not None:
-            return x[0, at_positions(packing, at)].unsqueeze(1)
-        return x[torch.arange(len(x), device=x.device), at].unsqueeze(1)
 
     def _packed(self, q: Tensor, k: Tensor, v: Tensor, packing: Packing, at: Tensor | None,
                 explicit: bool) -> Tensor:
@@ -462,10 +462,8 @@ class Block(nn.Module):
             attn_out = self.attn(None, split, at, padding, packing)  # type: ignore[arg-type]
         else:
             attn_out = self.attn(self.ln1(resid), at=at, padding=padding, packing=packing)
-        if at is not None and packing is not None:
-            resid = resid[0, at_positions(packing, at)].unsqueeze(1)
-        elif at is not None:
-            resid = resid[torch.arange(len(resid), device=resid.device), at].unsqueeze(1)
+        if at is not None:
+            resid = _at(resid, at, packing)
         if cfg.post_norms:
             attn_out = self.ln1_post(attn_out)
         attn_out = self.hook_attn_out(_maybe_topk(attn_out, cfg, "attn_out", self.hook_attn_out_keep))
@@ -561,14 +559,9 @@ class Transformer(HookedModule):
         trimmed = trim and at is not None and len(self.blocks) > 0
         for i in range(first, len(self.blocks)):
             resid = self.blocks[i](resid, at if trimmed and i == len(self.blocks) - 1 else None, padding, packing)
-        if at is not None and packing is not None:
-            where = at_positions(packing, at)
-            tokens = tokens[0, where].unsqueeze(1)
-            resid = resid if trimmed else resid[0, where].unsqueeze(1)
-        elif at is not None:
-            rows = torch.arange(len(tokens), device=tokens.device)
-            tokens = tokens[rows, at].unsqueeze(1)
-            resid = resid if trimmed else resid[rows, at].unsqueeze(1)
+        if at is not None:
+            tokens = _at(tokens, at, packing)
+            resid = resid if trimmed else _at(resid, at, packing)
         W_U = self.W_E if self.W_U is None else self.W_U
         logits = F.linear(self.ln_final(resid), W_U, self.b_U)
         if self.W_bigram is not None:
