@@ -17,7 +17,7 @@ from torch import Tensor
 from sparsecircuits.ablation import NodeSite, counterfactual_baselines, masked_hooks
 from sparsecircuits.model.cache import cache_until
 from sparsecircuits.model.hooks import HookFn, HookPoint
-from sparsecircuits.model.packing import pack, packing_of, replicate, shared_prefix_packing
+from sparsecircuits.model.packing import Packing, pack, packing_of, replicate, shared_prefix_packing
 from sparsecircuits.model.transformer import Transformer
 from sparsecircuits.tasks.base import TaskData, last_logits, logit_diff, task_loss
 
@@ -67,11 +67,11 @@ class MaskedTask:
         Each node gets its own copy of the examples; copies run side by side, packed (common
         prefixes shared within a copy unless the baseline is per example), `max_rows` examples a pass."""
         d, n = self.data, len(self.data)
-        if self.per_example:
-            row, packing = pack(d.tokens, d.lengths), packing_of(d.lengths)
-            base = {h: pack(v[:, : d.tokens.shape[1]], d.lengths) for h, v in (self.base or {}).items()}
-        else:
-            (row, packing), base = shared_prefix_packing(d.tokens, d.lengths), self.base
+        sizes = {s.hook: s.size for s in self.sites}
+        for hook, i in nodes:
+            if hook not in sizes or not 0 <= i < sizes[hook]:
+                raise ValueError(f"node ({hook!r}, {i}) is not a channel of this task's sites")
+        row, packing, base = self._packed(d.tokens, d.lengths, self.base)
         hooks = masked_hooks(masks, base)
         start = None
         if layer > 0:
@@ -107,19 +107,25 @@ class MaskedTask:
             rows = slice(first, first + n_rows)
             first += n_rows
             ln = lengths[rows]
-            width = int(ln.max())
-            b, packed = base, ln
-            if self.per_example:  # per-prompt baselines: no prefix is shared
-                row = pack(tokens[rows, :width], ln)
-                if base is not None:
-                    b = {h: pack(v[rows, :width], ln) for h, v in base.items()}
-            else:  # prompts that begin alike compute their common prefix once
-                row, packed = shared_prefix_packing(tokens[rows, :width], ln)
+            b = None if base is None else {h: v[rows] for h, v in base.items()} if self.per_example else base
+            row, packed, b = self._packed(tokens[rows], ln, b)
             with self.model.hooks(masked_hooks(masks, b)):
                 # trim: the last block computes the last position only (its hooks see one position,
                 # which a per-example baseline, indexed by position, cannot follow)
                 parts.append(self.model(row, at=ln - 1, trim=not self.per_example, packed=packed)[:, 0])
         return torch.cat(parts)
+
+    def _packed(self, tokens: Tensor, lengths: Tensor,
+                base: dict[str, Tensor] | None) -> tuple[Tensor, Packing, dict[str, Tensor] | None]:
+        """Right-padded prompts as a packed row, its `Packing` and the baselines to match: common
+        prefixes once, unless the baseline is per example (then each prompt keeps its own tokens and
+        its baselines are packed alike)."""
+        width = int(lengths.max())
+        if not self.per_example:
+            row, packing = shared_prefix_packing(tokens[:, :width], lengths)
+            return row, packing, base
+        packed_base = None if base is None else {h: pack(v[:, :width], lengths) for h, v in base.items()}
+        return pack(tokens[:, :width], lengths), packing_of(lengths), packed_base
 
     @torch.no_grad()
     def evaluate(self, masks: dict[str, Tensor], calibrate: bool = False) -> Evaluation:

@@ -100,6 +100,9 @@ def shared_prefix_packing(tokens: Tensor, lengths: Tensor, group_rows: int = 16,
     but the tokens differs between prompts (not per-prompt baselines or inputs). Returns the packed
     token row `[1, n]` and its `Packing`."""
     lengths = _check_lengths(lengths)
+    if tokens.dim() != 2 or len(tokens) != len(lengths) or int(lengths.max()) > tokens.shape[1]:
+        raise ValueError(f"prompts must be right-padded tokens [batch, pos] with a length <= pos each; got tokens "
+                         f"{tuple(tokens.shape)} and {len(lengths)} lengths up to {int(lengths.max())}")
     node: dict[tuple[int, int], int] = {}
     paths, row_tokens, depth = [], [], []
     for toks, n in zip(tokens.tolist(), lengths.tolist()):

@@ -176,3 +176,13 @@ def test_a_packing_given_for_other_tokens_is_refused():
     row, packing = shared_prefix_packing(padded, torch.tensor([len(p) for p in prompts]))
     with pytest.raises(ValueError, match=r"one row \[1, sum\(lengths\)\]"):
         model(torch.cat([row, row], 1), packed=packing)
+
+
+@pytest.mark.parametrize("tokens, lengths", [
+    (torch.zeros(3, 4, dtype=torch.long), torch.tensor([2, 5, 1])),  # a length past the padded width
+    (torch.zeros(2, 4, dtype=torch.long), torch.tensor([2, 3, 1])),  # fewer prompts than lengths
+    (torch.zeros(4, dtype=torch.long), torch.tensor([4])),  # not [batch, pos]
+])
+def test_bad_prompts_for_shared_prefixes_are_named(tokens, lengths):
+    with pytest.raises(ValueError, match="right-padded tokens"):
+        shared_prefix_packing(tokens, lengths)

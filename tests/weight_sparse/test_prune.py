@@ -221,6 +221,9 @@ def test_packed_runs_equal_one_padded_forward(baseline, packed_tokens, monkeypat
         picks = [k for k in torch.randperm(n_nodes, generator=g).tolist() if flat[k][0].layer >= layer][:5]
         nodes = [(flat[k][0].hook, flat[k][1]) for k in picks]
         ablated = task.ablated_diffs(_masks_from_flat(on, sites), nodes, layer, max_rows=2 * len(data))
+        for bad in [("blocks.0.attn.hook_nothing", 0), (nodes[0][0], 10**6)]:
+            with pytest.raises(ValueError, match="not a channel"):
+                task.ablated_diffs(_masks_from_flat(on, sites), [bad], layer)
         for row, k in zip(ablated, picks):
             off = on.clone()
             off[k] = 0.0
