@@ -18,6 +18,7 @@ from sparsecircuits.ablation import NodeSite, counterfactual_baselines, masked_h
 from sparsecircuits.model.cache import cache_until
 from sparsecircuits.model.hooks import HookFn, HookPoint
 from sparsecircuits.model.packing import Packing, pack, packing_of, replicate, shared_prefix_packing
+from sparsecircuits.model.skip_linear import skipping_zero_gradients
 from sparsecircuits.model.transformer import Transformer
 from sparsecircuits.tasks.base import TaskData, last_logits, logit_diff, task_loss
 
@@ -109,7 +110,7 @@ class MaskedTask:
             ln = lengths[rows]
             b = None if base is None else {h: v[rows] for h, v in base.items()} if self.per_example else base
             row, packed, b = self._packed(tokens[rows], ln, b)
-            with self.model.hooks(masked_hooks(masks, b)):
+            with self.model.hooks(masked_hooks(masks, b)), skipping_zero_gradients():
                 # trim: the last block computes the last position only (its hooks see one position,
                 # which a per-example baseline, indexed by position, cannot follow)
                 parts.append(self.model(row, at=ln - 1, trim=not self.per_example, packed=packed)[:, 0])

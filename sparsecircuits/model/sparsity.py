@@ -79,13 +79,18 @@ def _threshold_mask(keys: Tensor, k: int, dtype: torch.dtype) -> Tensor:
     The k-th largest of each row (numpy's `partition`: a SIMD quickselect for 16/32/64-bit integers
     on AVX2 / AVX-512 CPUs, introselect elsewhere) is a threshold. Where the (k+1)-th largest is below it, exactly k keys reach it and they are the
     unique top k. A row where they are equal (a tie at the threshold) is redone with `topk` itself,
-    whose choice among tied entries is made per row."""
+    whose choice among tied entries is made per row. Ties are rare, so they are looked for only when
+    the mask's total is above k per row."""
     d = keys.shape[-1]
     rows = keys.reshape(-1, d)
     part = np.partition(rows.numpy(), d - k, axis=-1)
     kth = torch.from_numpy(part[:, d - k : d - k + 1])
     mask = torch.empty(rows.shape, dtype=dtype)
     torch.ge(rows, kth, out=mask)  # the comparison written as 0/1 of `dtype` in one pass
+    # Every row keeps at least k; all keep exactly k (one sum, exact: float32 counts below 2**24) = no tie.
+    exact = dtype == torch.float32 and mask.numel() < 2**24
+    if int(mask.sum() if exact else mask.sum(dtype=torch.float64)) == k * len(rows):
+        return mask.view(keys.shape)
     tied = torch.from_numpy(np.flatnonzero(part[:, : d - k].max(-1) == part[:, d - k]))
     if len(tied):
         idx = rows[tied].topk(k, dim=-1, sorted=False).indices

@@ -83,6 +83,7 @@ from torch import Tensor, nn
 from sparsecircuits.model.config import GATED_ACTIVATIONS, ModelConfig
 from sparsecircuits.model.hooks import HookedModule, HookPoint
 from sparsecircuits.model.packing import Packing, at_positions, packing_of, to_packed, to_padded
+from sparsecircuits.model.skip_linear import linear
 from sparsecircuits.model.sparsity import SparseWeight, abs_topk_mask
 
 
@@ -222,7 +223,7 @@ class Attention(nn.Module):
         return torch.cat((x_rot * cos + _rotate_half(x_rot) * sin, x_pass), dim=-1)
 
     def _project(self, x: Tensor, W: Tensor, b: Tensor | None, site: str, n: int) -> Tensor:
-        y = _maybe_topk(F.linear(x, W, b), self.cfg, site, getattr(self, f"hook_{site}_keep"))
+        y = _maybe_topk(linear(x, W, b), self.cfg, site, getattr(self, f"hook_{site}_keep"))
         return y.view(*x.shape[:2], n, self.cfg.d_head)
 
     def _project_split(self, x: Tensor, W: Tensor, b: Tensor | None, site: str) -> Tensor:
@@ -275,7 +276,7 @@ class Attention(nn.Module):
             real = None if padding is None else padding.real
             z = self._explicit(q, k, v, qpos, real) if explicit else self._fused(q, k, v, qpos, real)
         z = self.hook_z(z)  # [batch, pos, head, d_head]
-        return F.linear(z.reshape(*z.shape[:2], H * dh), self.W_O, self.b_O)
+        return linear(z.reshape(*z.shape[:2], H * dh), self.W_O, self.b_O)
 
     def _packed(self, q: Tensor, k: Tensor, v: Tensor, packing: Packing, at: Tensor | None,
                 explicit: bool) -> Tensor:
@@ -415,11 +416,11 @@ class MLP(nn.Module):
     def forward(self, x: Float[Tensor, "batch pos d_model"]) -> Float[Tensor, "batch pos d_model"]:
         act = self.cfg.act
         if self.W_gate is not None:
-            gate = self.hook_pre(F.linear(x, self.W_gate))
+            gate = self.hook_pre(linear(x, self.W_gate))
             gate = F.silu(gate) if act == "swiglu" else F.gelu(gate, approximate="tanh")
-            h = gate * self.hook_pre_linear(F.linear(x, self.W_in, self.b_in))
+            h = gate * self.hook_pre_linear(linear(x, self.W_in, self.b_in))
         else:
-            pre = self.hook_pre(F.linear(x, self.W_in, self.b_in))
+            pre = self.hook_pre(linear(x, self.W_in, self.b_in))
             if act == "gelu":
                 h = F.gelu(pre)
             elif act == "gelu_new":
@@ -427,7 +428,7 @@ class MLP(nn.Module):
             else:
                 h = F.relu(pre)
         h = self.hook_post(_maybe_topk(h, self.cfg, "mlp_neurons", self.hook_post_keep))
-        return F.linear(h, self.W_out, self.b_out)
+        return linear(h, self.W_out, self.b_out)
 
 
 class Block(nn.Module):
@@ -563,7 +564,7 @@ class Transformer(HookedModule):
             tokens = _at(tokens, at, packing)
             resid = resid if trimmed else _at(resid, at, packing)
         W_U = self.W_E if self.W_U is None else self.W_U
-        logits = F.linear(self.ln_final(resid), W_U, self.b_U)
+        logits = linear(self.ln_final(resid), W_U, self.b_U)
         if self.W_bigram is not None:
             logits = logits + F.embedding(tokens, self.W_bigram)
         if self.cfg.logit_softcap:

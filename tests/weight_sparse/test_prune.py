@@ -365,3 +365,29 @@ def test_extra_targets_bisect_the_same_gates(setup):
     assert impossible == {"target": 1e-9, "reached": False, "n_nodes": None, "n_edges": None, "loss": None}
     with pytest.raises(ValueError, match="extra_targets"):
         PruneConfig(extra_targets=(0.0,))
+
+
+def test_skipping_zero_gradients_leaves_the_gates_bitwise_equal(monkeypatch):
+    """Gate training's backward skips the products of switched-off channels (`model/skip_linear.py`);
+    the gates must be those of the plain backward, bit for bit where the BLAS blocks were found."""
+    import contextlib
+
+    import sparsecircuits.evaluate as evaluate_module
+    import sparsecircuits.model.skip_linear as skip_module
+    from sparsecircuits.weight_sparse.prune import train_gates
+
+    model, task, _ = _ragged_task("mean", n=48, bigram_table=False, init_std=0.5, d_model=32, d_mlp=64, n_heads=4)
+    for p in model.parameters():
+        p.requires_grad_(False)
+    cfg = PruneConfig(steps=40, batch_size=20, lr=0.05)
+    calls = []
+    blockwise = skip_module._blockwise
+    monkeypatch.setattr(skip_module, "_blockwise", lambda *a: calls.append(1) or blockwise(*a))
+    fast = train_gates(task, cfg)
+    assert len(calls) > 100  # the restricted products did run
+    monkeypatch.setattr(evaluate_module, "skipping_zero_gradients", lambda: contextlib.nullcontext())
+    slow = train_gates(task, cfg)
+    if all(skip_module._blocks(k, torch.get_num_threads()) for k in (32, 64)):
+        assert torch.equal(fast.tau, slow.tau) and torch.equal(fast.importance, slow.importance)
+    else:  # pragma: no cover - a BLAS whose blocks were not found does not restrict
+        torch.testing.assert_close(fast.tau, slow.tau)
