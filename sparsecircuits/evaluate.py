@@ -18,7 +18,7 @@ from sparsecircuits.ablation import NodeSite, counterfactual_baselines, masked_h
 from sparsecircuits.model.cache import cache_until
 from sparsecircuits.model.hooks import HookFn, HookPoint
 from sparsecircuits.model.packing import Packing, pack, packing_of, replicate, shared_prefix_packing
-from sparsecircuits.model.skip_linear import skipping_zero_gradients
+from sparsecircuits.model.skip_linear import skipping_masked_channels
 from sparsecircuits.model.transformer import Transformer
 from sparsecircuits.tasks.base import TaskData, last_logits, logit_diff, task_loss
 
@@ -77,7 +77,8 @@ class MaskedTask:
         start = None
         if layer > 0:
             entry = f"blocks.{layer}.hook_resid_pre"
-            start = cache_until(self.model, row, [entry], hooks, packed=packing)[entry]
+            with skipping_masked_channels():
+                start = cache_until(self.model, row, [entry], hooks, packed=packing)[entry]
         per_pass = max(1, max_rows // max(1, n))
         out = []
         for k in range(0, len(nodes), per_pass):
@@ -87,7 +88,8 @@ class MaskedTask:
             resume = None if start is None else (layer, start.repeat(1, c, 1))
             if self.per_example:  # each copy reads the same per-example baselines
                 hooks = masked_hooks(masks, {h: v.repeat(1, c, *[1] * (v.dim() - 2)) for h, v in base.items()})
-            with self.model.hooks(hooks + _ablation_hooks(part, base, row.shape[1], n, self.per_example)):
+            with self.model.hooks(hooks + _ablation_hooks(part, base, row.shape[1], n, self.per_example)), \
+                    skipping_masked_channels():
                 last = self.model(row.repeat(1, c), packed=copies, at=copies.lengths - 1,
                                   trim=not self.per_example, start=resume)[:, 0]
             rows = torch.arange(c * n)
@@ -110,7 +112,7 @@ class MaskedTask:
             ln = lengths[rows]
             b = None if base is None else {h: v[rows] for h, v in base.items()} if self.per_example else base
             row, packed, b = self._packed(tokens[rows], ln, b)
-            with self.model.hooks(masked_hooks(masks, b)), skipping_zero_gradients():
+            with self.model.hooks(masked_hooks(masks, b)), skipping_masked_channels():
                 # trim: the last block computes the last position only (its hooks see one position,
                 # which a per-example baseline, indexed by position, cannot follow)
                 parts.append(self.model(row, at=ln - 1, trim=not self.per_example, packed=packed)[:, 0])

@@ -1,25 +1,33 @@
-"""Linear layers whose backward pass skips the outputs a mask switched off (frozen weights, opt-in).
+"""Linear layers that skip the channels a mask switched off (frozen weights, opt-in).
 
-Under a binary node mask, an off channel of a site a linear layer writes (q, k, v, the attention or MLP
-output, an MLP neuron behind its activation) gets no gradient: the mask multiplies it by 0. The input
-gradient `dL/dx = dL/dy · W` then needs only the rows of W whose output gradient is not all zero. In
-learned-mask pruning, after its first few dozen steps about a tenth of the neurons and a fifth of the
-q/k/v and output channels are on (docs/results.md, "Pruning speed"), so most of every backward
-product is skipped. The input gradient itself stays complete: a mask's own gradient
-`sum(dL/dx · (x - baseline))` needs it on every channel, off ones included. The forward pass is
-`F.linear` unchanged (an off channel's input value still matters to its mask's gradient).
+Under a binary node mask (`ablation.mask_hook`) an off channel holds its baseline. Two things follow
+for a linear layer `y = x Wᵀ + b` next to masked sites, and `linear` uses both inside
+`skipping_masked_channels()` (which `MaskedTask` turns on for its masked forwards):
 
-Exact, to the bit: a skipped column is all zeros (NaN never is), and a zero term leaves a running
-float sum unchanged, so what could change is only how the remaining terms are grouped. The CPU's
-BLAS sums the inner dimension in blocks that depend only on its size (on the AMD EPYC this was
-measured on: one block up to 192, two halves up to 384, blocks of 192 beyond); the kept rows are
-multiplied block by block and the partial products added in the same order, which reproduces the
-full product bit for bit. The blocks are found once per inner size and process by comparing
-products (`_blocks`); where they are not found, the product is not restricted. So pruning with
-skipping gives the very circuit it gives without.
+* **Backward** (any forward that needs gradients): an off channel of a site the layer *writes* (q, k,
+  v, the attention or MLP output, an MLP neuron behind its activation) gets no gradient (the mask
+  multiplies it by 0), so the input gradient `dL/dx = dL/dy · W` needs only the rows of W whose
+  output gradient is not all zero. In learned-mask pruning, after its first few dozen steps about a
+  tenth of the neurons and a fifth of the q/k/v and output channels are on (docs/results.md,
+  "Pruning speed"), so most of every backward product is skipped. The input gradient stays complete
+  (a mask's gradient `sum(dL/dx · (x - baseline))` needs it on off channels too), and the forward is
+  `F.linear` unchanged (an off channel's value still matters to its mask's gradient).
+  This is exact to the bit: a skipped column is all zeros (NaN never is) and a zero term leaves a
+  running float sum unchanged, so only the grouping of the remaining terms could change. The CPU's
+  BLAS sums the inner dimension in blocks that depend only on its size (on the AMD EPYC this was
+  measured on: one block up to 192, two halves up to 384, blocks of 192 beyond, for products of at
+  least 12 rows and columns); the kept rows are multiplied block by block and added in the same
+  order, which reproduces the full product bit for bit. The blocks are found once per inner size and
+  process by comparing products (`_blocks`); where they are not found, nothing is skipped. So
+  pruning with skipping gives the very gates and circuit it gives without.
+* **Forward without gradients** (evaluations, single-node ablations): an off channel of a site the
+  layer *reads* is the same value at every token, so `y = x[:, var] W[:, var]ᵀ + (x[0, const]
+  W[:, const]ᵀ + b)`: the same sum split in two, exact up to the order of float additions (a column
+  is constant when its largest and smallest entries are equal; NaN never is). Only where no gradient
+  is taken, so a training step's numbers are untouched.
 
-Used for frozen weights only (a weight that requires grad takes `F.linear`, whose backward also
-computes the weight's gradient), inside `skipping_zero_gradients()`.
+Frozen weights only: a weight that requires grad takes `F.linear`, whose backward also computes the
+weight's gradient. Outside the switch, or off the CPU, `linear` is `F.linear`.
 """
 
 from __future__ import annotations
@@ -35,18 +43,20 @@ from torch import Tensor
 
 _enabled = False
 
-# A product is restricted only when at least this share of its output gradient's columns is zero
-# (below it, gathering the kept rows costs about what it saves), and only when both outer sizes are
-# at least _MIN_SIDE: BLAS libraries take other kernels, summing in another order, for thin
-# products (on the measured CPU: below 12 rows or columns).
+# A product is restricted only when at least this share of the columns can be skipped (below it,
+# the gathers cost about what they save) and it is large enough (rows x inner x outer, multiply-adds)
+# for the gathers to pay; the backward only when both outer sizes are at least _MIN_SIDE, because
+# BLAS libraries take other kernels, summing in another order, for thin products (on the measured
+# CPU: below 12 rows or columns).
 _MIN_SKIP = 0.25
+_MIN_WORK = 1 << 22
 _MIN_SIDE = 16
 
 
 @contextmanager
-def skipping_zero_gradients(on: bool = True) -> Iterator[None]:
-    """Within the block, `linear`'s backward skips all-zero output-gradient columns (module
-    docstring). One process-wide switch (not per thread), restored on exit."""
+def skipping_masked_channels(on: bool = True) -> Iterator[None]:
+    """Within the block, `linear` skips what masked-off channels make trivial (module docstring). One
+    process-wide switch (not per thread), restored on exit."""
     global _enabled
     before, _enabled = _enabled, on
     try:
@@ -56,12 +66,28 @@ def skipping_zero_gradients(on: bool = True) -> Iterator[None]:
 
 
 def linear(x: Tensor, W: Tensor, b: Tensor | None = None) -> Tensor:
-    """`F.linear(x, W, b)`; inside `skipping_zero_gradients()`, with a frozen weight on the CPU and an
-    input that needs a gradient, its backward skips the all-zero columns of the output gradient."""
-    if (not _enabled or not x.requires_grad or not torch.is_grad_enabled() or W.requires_grad
-            or (b is not None and b.requires_grad) or x.device.type != "cpu" or x.dim() < 2):
+    """`F.linear(x, W, b)`; inside `skipping_masked_channels()`, with a frozen weight on the CPU, its
+    backward skips all-zero output-gradient columns and, where no gradient is taken, its forward
+    computes constant input columns once (module docstring)."""
+    if (not _enabled or W.requires_grad or (b is not None and b.requires_grad) or x.device.type != "cpu"
+            or x.dim() < 2):
         return F.linear(x, W, b)
-    return _SkipLinear.apply(x, W, b)
+    if torch.is_grad_enabled():
+        return _SkipLinear.apply(x, W, b) if x.requires_grad else F.linear(x, W, b)
+    return _constant_split(x, W, b)
+
+
+def _constant_split(x: Tensor, W: Tensor, b: Tensor | None) -> Tensor:
+    rows = x.reshape(-1, x.shape[-1])
+    if rows.numel() * W.shape[0] < _MIN_WORK:
+        return F.linear(x, W, b)
+    const = rows.amax(0) == rows.amin(0)  # NaN is never equal: a NaN column varies
+    if int(const.sum()) < _MIN_SKIP * rows.shape[1]:
+        return F.linear(x, W, b)
+    var, fixed = torch.nonzero(~const).flatten(), torch.nonzero(const).flatten()
+    offset = F.linear(rows[0, fixed], W.index_select(1, fixed), b)  # what the constant channels add, [out]
+    y = torch.addmm(offset, rows.index_select(1, var), W.index_select(1, var).t())
+    return y.view(*x.shape[:-1], W.shape[0])
 
 
 class _SkipLinear(torch.autograd.Function):
@@ -83,7 +109,8 @@ def input_grad(g: Tensor, W: Tensor) -> Tensor:
     too few columns are zero, or the product is not float32 or is thin, it is `g @ W`."""
     live = g.abs().amax(0) != 0  # NaN != 0: a NaN column is kept
     blocks = None
-    if min(len(g), W.shape[1]) >= _MIN_SIDE and g.dtype == W.dtype == torch.float32:
+    if (min(len(g), W.shape[1]) >= _MIN_SIDE and g.numel() * W.shape[1] >= _MIN_WORK
+            and g.dtype == W.dtype == torch.float32):
         blocks = _blocks(g.shape[1], torch.get_num_threads())
     if blocks is None or int(live.sum()) > (1 - _MIN_SKIP) * g.shape[1]:
         return g @ W

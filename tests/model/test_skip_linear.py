@@ -15,7 +15,7 @@ from test_attention_mask import VARIANTS
 
 from conftest import tiny_model
 from sparsecircuits.ablation import masked_hooks, prune_sites
-from sparsecircuits.model.skip_linear import _blocks, input_grad, linear, skipping_zero_gradients
+from sparsecircuits.model.skip_linear import _blocks, input_grad, linear, skipping_masked_channels
 
 
 def _same(a: torch.Tensor, b: torch.Tensor) -> None:
@@ -25,7 +25,7 @@ def _same(a: torch.Tensor, b: torch.Tensor) -> None:
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-6)
 
 
-@pytest.mark.parametrize("rows,out,inp", [(37, 128, 64), (5, 512, 128), (64, 700, 32), (3, 16, 16)])
+@pytest.mark.parametrize("rows,out,inp", [(300, 128, 128), (20, 2048, 128), (64, 700, 128), (1015, 512, 64), (3, 16, 16)])
 @pytest.mark.parametrize("zero_share", [0.0, 0.5, 0.9, 1.0])
 def test_input_grad_equals_the_full_product(rows, out, inp, zero_share):
     gen = torch.Generator().manual_seed(rows + out)
@@ -37,10 +37,13 @@ def test_input_grad_equals_the_full_product(rows, out, inp, zero_share):
     _same(input_grad(g, W), g @ W)
 
 
-def test_input_grad_keeps_nan_and_inf_columns():
-    g = torch.zeros(4, 64)
+def test_input_grad_keeps_nan_and_inf_columns(monkeypatch):
+    import sparsecircuits.model.skip_linear as skip_module
+
+    monkeypatch.setattr(skip_module, "_MIN_WORK", 0)
+    g = torch.zeros(16, 64)
     g[1, 3], g[2, 40] = float("nan"), float("inf")
-    W = torch.ones(64, 8)
+    W = torch.ones(64, 16)
     got = input_grad(g, W)
     assert got[1].isnan().all() and got[2].isinf().all() and (got[[0, 3]] == 0).all()
 
@@ -55,7 +58,7 @@ def test_linear_is_f_linear_outside_the_switch_and_for_trained_weights():
     x = torch.randn(2, 5, 8, requires_grad=True)
     W, b = torch.randn(6, 8), torch.randn(6)
     assert "SkipLinear" not in type(linear(x, W, b).grad_fn).__name__
-    with skipping_zero_gradients():
+    with skipping_masked_channels():
         assert "SkipLinear" in type(linear(x, W, b).grad_fn).__name__
         Wt = W.clone().requires_grad_()
         y = linear(x, Wt, b)
@@ -75,7 +78,7 @@ def test_linear_forward_and_gradient_match_f_linear():
     g = torch.randn(3, 20, 256, generator=gen).masked_fill(dead, 0.0)
     y_ref = F.linear(x, W, b)
     (gx_ref,) = torch.autograd.grad(y_ref, x, g)
-    with skipping_zero_gradients():
+    with skipping_masked_channels():
         y = linear(x, W, b)
     (gx,) = torch.autograd.grad(y, x, g)
     assert torch.equal(y, y_ref)
@@ -83,10 +86,13 @@ def test_linear_forward_and_gradient_match_f_linear():
 
 
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_masked_forward_gradients_unchanged_by_skipping(variant):
+def test_masked_forward_gradients_unchanged_by_skipping(variant, monkeypatch):
     """The gradients learned-mask pruning uses: every prune site masked (binary, most channels off,
     mean-like baselines), task-like loss at the last position; the mask and input gradients must be
     those of the plain backward."""
+    import sparsecircuits.model.skip_linear as skip_module
+
+    monkeypatch.setattr(skip_module, "_MIN_WORK", 0)  # tiny products: restrict them anyway
     model = tiny_model(**VARIANTS[variant])
     for p in model.parameters():
         p.requires_grad_(False)
@@ -98,10 +104,35 @@ def test_masked_forward_gradients_unchanged_by_skipping(variant):
         masks = {s.hook: (torch.rand(s.shape, generator=torch.Generator().manual_seed(i)) < 0.3).float().requires_grad_()
                  for i, s in enumerate(sites)}
         base = {s.hook: torch.randn(s.shape, generator=torch.Generator().manual_seed(100 + i)) for i, s in enumerate(sites)}
-        with model.hooks(masked_hooks(masks, base)), skipping_zero_gradients(skip):
+        with model.hooks(masked_hooks(masks, base)), skipping_masked_channels(skip):
             logits = model(tokens)[:, -1]
         loss = (logits[:, 3] - logits[:, 5]).square().mean()
         return list(torch.autograd.grad(loss, list(masks.values())))
 
     for got, ref in zip(grads(True), grads(False)):
         _same(got, ref)
+
+
+def test_no_grad_forward_splits_constant_columns(monkeypatch):
+    """Without gradients, constant input columns (masked-off channels) are computed once: equal to
+    `F.linear` up to float rounding; a NaN column is never taken for constant; too few constant
+    columns, or a product with a gradient, take `F.linear` itself."""
+    import sparsecircuits.model.skip_linear as skip_module
+
+    monkeypatch.setattr(skip_module, "_MIN_WORK", 0)
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(2, 40, 128, generator=gen)
+    off = torch.rand(128, generator=gen) < 0.8
+    x[..., off] = torch.randn(int(off.sum()), generator=gen)  # the baseline: one value per channel
+    W, b = torch.randn(96, 128, generator=gen), torch.randn(96, generator=gen)
+    with skipping_masked_channels(), torch.no_grad():
+        y = linear(x, W, b)
+        torch.testing.assert_close(y, F.linear(x, W, b), rtol=1e-5, atol=1e-5)
+        x_nan = x.clone()
+        x_nan[0, 5, int(torch.nonzero(off)[0])] = float("nan")  # an off channel, NaN at one token only
+        y_nan = linear(x_nan, W, b)
+        assert y_nan[0, 5].isnan().all() and not y_nan[0, 4].isnan().any() and not y_nan[1].isnan().any()
+        varied = torch.randn(2, 40, 128, generator=gen)
+        assert torch.equal(linear(varied, W, b), F.linear(varied, W, b))
+    with skipping_masked_channels():
+        assert torch.equal(linear(x, W, b), F.linear(x, W, b))  # a forward that may be differentiated
