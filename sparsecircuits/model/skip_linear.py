@@ -40,6 +40,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 _enabled = False
 
@@ -98,6 +99,7 @@ class _SkipLinear(torch.autograd.Function):
         return F.linear(x, W, b)
 
     @staticmethod
+    @once_differentiable  # a second derivative through this backward raises instead of being wrong
     def backward(ctx: Any, grad: Tensor) -> tuple[Tensor, None, None]:
         (W,) = ctx.saved_tensors
         return input_grad(grad.reshape(-1, grad.shape[-1]), W).view(ctx.x_shape), None, None
@@ -107,12 +109,14 @@ def input_grad(g: Tensor, W: Tensor) -> Tensor:
     """`g @ W` for `g` [rows, out], `W` [out, in], skipping the all-zero columns of `g`, bit for bit
     equal to `g @ W` (module docstring). Where the BLAS's blocks for this inner size are not known, or
     too few columns are zero, or the product is not float32 or is thin, it is `g @ W`."""
+    if (min(len(g), W.shape[1]) < _MIN_SIDE or g.numel() * W.shape[1] < _MIN_WORK
+            or not g.dtype == W.dtype == torch.float32):
+        return g @ W
+    blocks = _blocks(g.shape[1], torch.get_num_threads())
+    if blocks is None:
+        return g @ W
     live = g.abs().amax(0) != 0  # NaN != 0: a NaN column is kept
-    blocks = None
-    if (min(len(g), W.shape[1]) >= _MIN_SIDE and g.numel() * W.shape[1] >= _MIN_WORK
-            and g.dtype == W.dtype == torch.float32):
-        blocks = _blocks(g.shape[1], torch.get_num_threads())
-    if blocks is None or int(live.sum()) > (1 - _MIN_SKIP) * g.shape[1]:
+    if int(live.sum()) > (1 - _MIN_SKIP) * g.shape[1]:
         return g @ W
     return _blockwise(g, W, live, blocks)
 
@@ -132,11 +136,12 @@ def _blockwise(g: Tensor, W: Tensor, live: Tensor, blocks: tuple[int, ...]) -> T
 @functools.cache
 def _blocks(k: int, threads: int) -> tuple[int, ...] | None:
     """Boundaries of the blocks in which this process's CPU float32 matrix product sums an inner
-    dimension of size k with `threads` torch threads (the current count), or None if not found. Found by trying one block, then equal blocks of every multiple of 8
-    (largest first), then every split in two, until products of the zero-free columns added block by
-    block equal the full product bit for bit, for each of four patterns of zero columns (even ones,
-    odd ones, half at random, a tenth at random: a boundary off by any number of columns changes the
-    grouping of a live column in one of them) at three shapes. On the AMD EPYC of docs/results.md:
+    dimension of size k with `threads` torch threads (the current count), or None if not found.
+    Found by trying one block, then equal blocks of every multiple of 8 (largest first), then every
+    split in two, until products of the zero-free columns added block by block equal the full
+    product bit for bit, for each of four patterns of zero columns (even ones, odd ones, half at
+    random, a tenth at random: a boundary off by any number of columns changes the grouping of a
+    live column in one of them) at three shapes. On the AMD EPYC of docs/results.md:
     one block up to 192, two near-halves up to 384, then blocks of 192, at every shape of at least
     12 rows and columns."""
     gen = torch.Generator().manual_seed(k)

@@ -136,3 +136,13 @@ def test_no_grad_forward_splits_constant_columns(monkeypatch):
         assert torch.equal(linear(varied, W, b), F.linear(varied, W, b))
     with skipping_masked_channels():
         assert torch.equal(linear(x, W, b), F.linear(x, W, b))  # a forward that may be differentiated
+
+
+def test_second_derivative_through_the_skipping_backward_raises():
+    x = torch.randn(4, 20, 32, requires_grad=True)
+    W = torch.randn(32, 32)
+    with skipping_masked_channels():
+        y = linear(x, W)
+    (gx,) = torch.autograd.grad(y.square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError):
+        gx.sum().backward()
