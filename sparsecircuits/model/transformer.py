@@ -1,7 +1,8 @@
 """`Transformer`: the one decoder-only model of sparsecircuits, with a hook at every activation.
 
 A pre-norm GPT-style transformer driven by `ModelConfig`. Weights are stored in PyTorch's
-`[out, in]` layout and applied with `F.linear`. Departures from GPT-2, each switchable in the config:
+`[out, in]` layout and applied with `F.linear` (through `skip_linear.linear`, which is `F.linear`
+unless a masked evaluation turns its skipping on; the per-head split projections use an einsum). Departures from GPT-2, each switchable in the config:
 
 * RMSNorm (gain only) by default, so zero is privileged in the residual stream (Gao et al. 2025).
 * No positional embedding by default; `learned` (GPT-2) or `rotary` (NeoX rotate-half, optionally
